@@ -1,0 +1,79 @@
+"""The drafter interface: what the decoder hands a drafter each round and what it gets back.
+
+Every drafter (DSpark, DFlash, Eagle3, MTP-1) is an `nn.Module` with a `DrafterConfig` and:
+* `init_from_target(target)`: copy the target's frozen input embedding and LM head;
+* `new_state(batch, device)`: per-request inference state (its context caches);
+* `propose(state, update, anchor_ids, params, generator) -> Proposal`: first absorb the newly verified
+  positions (`ContextUpdate`: the target's features there, the token that followed each one), then draft
+  `num_drafts` tokens after the anchor, returning the exact per-slot distributions they were drawn from.
+Round flow: target verifies -> ContextUpdate -> drafter.propose -> scheduler picks lengths -> verify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from dspark.drafters.config import DrafterConfig
+from dspark.sampling import SamplingParams
+
+
+@dataclass
+class ContextUpdate:
+    """Positions that became verified since the last round, per row (left-aligned, padded)."""
+
+    features: torch.Tensor  # [R, T, n·d] target features at target_layer_ids
+    last_hidden: torch.Tensor  # [R, T, d] final-normed target hidden state
+    next_ids: torch.Tensor  # [R, T] the committed token that follows each position (last valid = anchor)
+    num_new: torch.Tensor  # [R] valid entries per row
+
+
+@dataclass
+class Proposal:
+    draft_ids: torch.Tensor  # [R, K]
+    draft_probs: torch.Tensor  # [R, K, V] float32, the processed distribution each draft was sampled from
+    confidence: torch.Tensor | None = None  # [R, K] calibrated conditional survival c_k, or None
+
+
+@dataclass
+class BlockScores:
+    """Teacher-forced outputs of one block placed right after a context (`score_block`)."""
+
+    hidden: torch.Tensor  # [B, γ, d] after the final norm
+    base_logits: torch.Tensor  # [B, γ, V]
+    logits: torch.Tensor  # [B, γ, V] base + sequential-head bias (== base without a head)
+    confidence_logits: torch.Tensor | None  # [B, γ] pre-sigmoid, uncalibrated
+
+
+class Drafter(Protocol):
+    config: DrafterConfig
+
+    def init_from_target(self, target: Any) -> None: ...
+
+    def new_state(self, batch: int, device: torch.device) -> Any: ...
+
+    def propose(self, state: Any, update: ContextUpdate | None, anchor_ids: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None = None) -> Proposal: ...
+
+
+def copy_frozen_from_target(drafter: torch.nn.Module, target: Any) -> None:
+    """Copy the target's input embedding and LM head into the drafter and freeze both."""
+    emb, head = target.embed_tokens.weight, target.lm_head.weight
+    for name, src in (("embed_tokens", emb), ("lm_head", head)):
+        dst = getattr(drafter, name).weight
+        if dst.shape != src.shape:
+            from dspark.errors import IncompatibleModelsError
+
+            raise IncompatibleModelsError(f"drafter {name} is {tuple(dst.shape)} but the target's is {tuple(src.shape)}")
+        with torch.no_grad():
+            dst.copy_(src.detach().to(dst.dtype))
+        getattr(drafter, name).requires_grad_(False)
+
+
+def calibrated_confidence(conf_logits: torch.Tensor, temperatures: torch.Tensor | None) -> torch.Tensor:
+    """σ(logit_k / T_k): per-slot temperature scaling of the confidence logits [..., K]."""
+    if temperatures is not None:
+        conf_logits = conf_logits / temperatures[: conf_logits.shape[-1]].to(conf_logits)
+    return torch.sigmoid(conf_logits.float())

@@ -1,0 +1,106 @@
+"""Checkpoint I/O: load any drafter checkpoint (format detected), save in DeepSpec or SpecForge format.
+
+`load_drafter(path, target=None)` reads config.json, recognises the format from `architectures`
+(`Qwen3DSparkModel`/`Qwen3Eagle3Model`/`DSparkMTPModel`: DeepSpec style; `DSparkDraftModel`: SpecForge),
+builds the drafter and loads its weights. With a target it also checks that they fit (hidden size,
+vocabulary, layer count and ids) and fills a missing embedding / LM head from the target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dspark.drafters import build_drafter
+from dspark.drafters.config import DrafterConfig
+from dspark.errors import CheckpointError, IncompatibleModelsError
+from dspark.formats.deepspec import from_deepspec_config, to_deepspec_config
+from dspark.formats.io import load_weights, read_json, save_weights, write_dir_atomically, write_json
+from dspark.formats.specforge import from_specforge_config, to_specforge_config
+
+FORMATS = ("deepspec", "specforge")
+_FROZEN = ("embed_tokens.weight", "lm_head.weight")
+
+
+def detect_format(raw: dict[str, Any]) -> str:
+    arch = (raw.get("architectures") or [""])[0]
+    if arch == "DSparkDraftModel":
+        return "specforge"
+    if arch in ("Qwen3DSparkModel", "Qwen3Eagle3Model", "DSparkMTPModel"):
+        return "deepspec"
+    raise CheckpointError(
+        f"unknown drafter architecture {raw.get('architectures')!r}: expected Qwen3DSparkModel, Qwen3Eagle3Model, "
+        "DSparkMTPModel (DeepSpec style) or DSparkDraftModel (SpecForge)"
+    )
+
+
+def read_drafter_config(path: str | Path) -> tuple[DrafterConfig, str]:
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise CheckpointError(f"drafter path {str(path)!r} does not exist or is not a directory")
+    raw = read_json(directory / "config.json")
+    fmt = detect_format(raw)
+    where = str(directory / "config.json")
+    return (from_specforge_config(raw, where) if fmt == "specforge" else from_deepspec_config(raw, where)), fmt
+
+
+def check_compatible(config: DrafterConfig, target: Any) -> None:
+    """Raise `IncompatibleModelsError` naming the first mismatch between drafter and target."""
+    pairs = [("hidden size", config.hidden_size, target.hidden_size), ("vocabulary size", config.vocab_size, target.vocab_size),
+             ("number of target layers", config.num_target_layers, target.num_layers)]
+    for what, mine, theirs in pairs:
+        if mine != theirs:
+            raise IncompatibleModelsError(f"drafter {what} is {mine} but the target's is {theirs}")
+    target.validate_layer_ids(config.target_layer_ids)
+
+
+def load_drafter(path: str | Path, target: Any = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str | None = None) -> nn.Module:
+    config, _ = read_drafter_config(path)
+    if target is not None:
+        check_compatible(config, target)
+    drafter = build_drafter(config)
+    state = load_weights(Path(path).expanduser())
+    missing, unexpected = drafter.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (target is not None and k in _FROZEN)]
+    if missing or unexpected:
+        raise CheckpointError(f"drafter weights in {str(path)!r} do not match its config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    if target is not None and any(k not in state for k in _FROZEN):
+        drafter.init_from_target(target)
+    for name in ("embed_tokens", "lm_head"):
+        getattr(drafter, name).requires_grad_(False)
+    if dtype is not None:
+        from dspark.targets.adapter import resolve_dtype
+
+        drafter.to(resolve_dtype(dtype))
+    return drafter.to(device).eval()
+
+
+def save_drafter(drafter: nn.Module, out_dir: str | Path, fmt: str = "deepspec", overwrite: bool = False,
+                 extra_files: dict[str, Any] | None = None) -> Path:
+    """Write config.json + model.safetensors atomically in `fmt` ("deepspec" or "specforge")."""
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
+    config: DrafterConfig = drafter.config
+    raw = to_specforge_config(config) if fmt == "specforge" else to_deepspec_config(config)
+    raw["dtype"] = str(next(drafter.parameters()).dtype).replace("torch.", "")
+
+    def fill(tmp: Path) -> None:
+        write_json(tmp / "config.json", raw)
+        save_weights(tmp, drafter.state_dict())
+        for name, obj in (extra_files or {}).items():
+            write_json(tmp / name, obj)
+
+    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+
+
+def export_drafter(src: str | Path, out_dir: str | Path, fmt: str, overwrite: bool = False) -> Path:
+    """Convert a checkpoint directory to `fmt`, tensors unchanged."""
+    return save_drafter(load_drafter(src), out_dir, fmt=fmt, overwrite=overwrite)
+
+
+__all__ = ["load_drafter", "save_drafter", "export_drafter", "read_drafter_config", "detect_format", "check_compatible", "FORMATS"]
