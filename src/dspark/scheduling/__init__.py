@@ -1,0 +1,34 @@
+"""Confidence-scheduled verification (SPEC §5): engine cost tables and verification-length policies.
+
+`SPSTable` holds the profiled (or analytic, `roofline_table`) steps/second curve; `plan_verify_lengths`
+turns per-request prefix survival into per-request verify lengths under a named policy.
+"""
+
+from __future__ import annotations
+
+from dspark.scheduling.policy import (
+    POLICY_NAMES,
+    Policy,
+    async_capacity,
+    expected_committed,
+    parse_policy,
+    plan_verify_lengths,
+)
+from dspark.scheduling.sps_table import SPSTable
+
+from dspark.scheduling.roofline import HARDWARE, MODELS, Hardware, ModelShape, roofline_table
+
+__all__ = [
+    "SPSTable",
+    "plan_verify_lengths",
+    "async_capacity",
+    "parse_policy",
+    "Policy",
+    "POLICY_NAMES",
+    "expected_committed",
+    "roofline_table",
+    "Hardware",
+    "ModelShape",
+    "HARDWARE",
+    "MODELS",
+]
