@@ -81,3 +81,13 @@ def chat_rows(n: int) -> list[dict[str, Any]]:
         {"role": "user", "content": "and the quick brown fox?"},
         {"role": "assistant", "content": "it jumps over the lazy dog " * (1 + i % 3)},
     ]} for i in range(n)]
+
+
+def single_thread():
+    """Generator for a module-scoped fixture: torch on one thread (tiny models; 2 shared cores), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

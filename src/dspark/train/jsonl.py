@@ -13,6 +13,7 @@ Data flow: prompts.jsonl -> regenerate (AppendLog) -> conversations.jsonl -> dat
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -78,11 +79,17 @@ def repair_tail(path: str | Path) -> int:
 class AppendLog:
     """Append-only JSONL file; every `write` is durable (flush + fsync) before it returns."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lock: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_tail(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if lock:  # one writer per file: a second run on the same output fails instead of interleaving
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(self._fd)
+                raise DataError(f"{self.path}: another process is writing this file") from exc
+        repair_tail(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
