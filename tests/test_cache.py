@@ -98,6 +98,37 @@ def test_deepspec_layout_read_independently(tmp_path):
     assert manifest["num_samples"] == 5
 
 
+
+@pytest.mark.parametrize("hidden_dtype", ["bfloat16", "float8_e4m3fn"])
+def test_reads_a_cache_written_by_another_tool(tmp_path, hidden_dtype):
+    """A DeepSpec-style cache assembled here with struct/numpy only (no extras, no sample ids, no sizes)."""
+    d, layers, samples = 8, [1, 3], _random_samples(3, d=8, layers=2)
+    torch_dtype = torch.bfloat16 if hidden_dtype == "bfloat16" else torch.float8_e4m3fn
+    blob, index = bytearray(), bytearray()
+    for i, (_, ids, mask, feats, last) in enumerate(samples):
+        s, offsets = len(ids), []
+        raw_view = torch.uint16 if hidden_dtype == "bfloat16" else torch.uint8
+        for chunk in (ids.numpy().astype("<i4").tobytes(), bytes([1]) * s, mask.numpy().astype("u1").tobytes(),
+                      feats.to(torch_dtype).view(raw_view).numpy().tobytes(),
+                      last.to(torch_dtype).view(raw_view).numpy().tobytes()):
+            offsets.append(len(blob))
+            blob += chunk
+        index += struct.pack("<QIIQQQQQ", i, 0, s, *offsets)
+    (tmp_path / "shard-00000.bin").write_bytes(bytes(blob))
+    (tmp_path / "samples.idx").write_bytes(bytes(index))
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "version": 2, "num_samples": 3, "num_shards": 1, "target_layer_ids": layers, "hidden_dtype": hidden_dtype,
+        "token_dtype": "int32", "mask_dtype": "uint8", "index_record_size": 56, "hidden_size": d,
+        "shards": [{"shard_id": 0, "file_name": "shard-00000.bin"}], "target_model_name_or_path": "somewhere"}))
+    cache = TargetCache(tmp_path)
+    assert cache.sample_ids == ["0", "1", "2"] and cache.describe()["target"] == "somewhere"
+    for i, (_, ids, mask, feats, last) in enumerate(samples):
+        item = cache[i]
+        assert torch.equal(item["input_ids"], ids) and torch.equal(item["loss_mask"], mask)
+        assert torch.equal(item["context_features"], feats.to(torch_dtype).float())
+        assert torch.equal(item["last_hidden"], last.to(torch_dtype).float())
+
+
 def test_round_trip_standard_and_compact(tmp_path):
     samples = _random_samples(4)
     for dtype in (STANDARD_DTYPE, COMPACT_DTYPE):

@@ -94,10 +94,17 @@ def run_build(args: argparse.Namespace) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    from tqdm import tqdm
+
     target = load_target(args.target, dtype=dtype, device=device)
-    manifest = build_cache(target, args.data, args.output, layer_ids=parse_layer_ids(args.target_layer_ids),
-                           data_config=_data_config(args), cache_format=args.format, batch_size=args.batch_size,
-                           max_shard_bytes=args.max_shard_bytes, limit=args.limit)
+    with tqdm(desc="cache build", unit="sample") as bar:
+        def progress(num_samples: int, consumed: int) -> None:
+            bar.update(num_samples - bar.n)
+            bar.set_postfix(records=consumed, refresh=False)
+
+        manifest = build_cache(target, args.data, args.output, layer_ids=parse_layer_ids(args.target_layer_ids),
+                               data_config=_data_config(args), cache_format=args.format, batch_size=args.batch_size,
+                               max_shard_bytes=args.max_shard_bytes, limit=args.limit, on_batch=progress)
     summary = {"output": args.output, "format": args.format, "num_samples": manifest["num_samples"],
                "num_shards": manifest["num_shards"], "target_layer_ids": manifest["target_layer_ids"],
                "hidden_size": manifest["hidden_size"]}

@@ -65,7 +65,21 @@ def run(args: argparse.Namespace) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         backend = HFBackend(load_target(args.target, dtype=dtype, device=device), options)
-    summary = asdict(regenerate(args.input, args.output, backend, options, args.failures, args.limit))
+    from tqdm import tqdm
+
+    bar: list[tqdm] = []
+
+    def progress(summary) -> None:  # noqa: ANN001 - RegenerateSummary
+        if not bar:
+            bar.append(tqdm(total=summary.pending, desc="regenerate", unit="sample"))
+        bar[0].update(1)
+        bar[0].set_postfix(failed=summary.failed, refresh=False)
+
+    try:
+        summary = asdict(regenerate(args.input, args.output, backend, options, args.failures, args.limit, progress))
+    finally:
+        for b in bar:
+            b.close()
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")

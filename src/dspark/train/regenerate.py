@@ -101,6 +101,7 @@ class Backend(Protocol):
 class RegenerateSummary:
     total: int = 0
     already_done: int = 0
+    pending: int = 0
     completed: int = 0
     failed: int = 0
     output: str = ""
@@ -163,8 +164,12 @@ def _check_meta(meta_path: Path, options: RegenerateOptions, input_path: Path) -
 
 
 def regenerate(input_path: str | Path, output_path: str | Path, backend: Backend, options: RegenerateOptions,
-               failures_path: str | Path | None = None, limit: int | None = None) -> RegenerateSummary:
-    """Answer every pending conversation of `input_path` into `output_path` (see module docstring)."""
+               failures_path: str | Path | None = None, limit: int | None = None,
+               on_progress: Callable[[RegenerateSummary], None] | None = None) -> RegenerateSummary:
+    """Answer every pending conversation of `input_path` into `output_path` (see module docstring).
+
+    `on_progress(summary)` is called after every finished or failed sample (for a progress bar).
+    """
     input_path, output_path = Path(input_path), Path(output_path)
     default_failures, meta_path = sidecar_paths(output_path)
     failures_path = Path(failures_path) if failures_path else default_failures
@@ -190,7 +195,7 @@ def regenerate(input_path: str | Path, output_path: str | Path, backend: Backend
                 invalid.append(record)
             else:
                 jobs.append(job)
-        summary.total = len(records)
+        summary.total, summary.pending = len(records), len(jobs)
         run = {"backend": backend.describe(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pending": len(jobs),
                "dspark": __version__}
         meta["runs"] = [*meta.get("runs", []), run]
@@ -210,10 +215,12 @@ def regenerate(input_path: str | Path, output_path: str | Path, backend: Backend
                 if result.error is not None:
                     failures.write({"id": job.sample_id, "source": job.source, "error": result.error})
                     summary.failed += 1
-                    return
-                out.write({"id": job.sample_id, "conversations": conversation(job, result.answers),
-                           "finish_reasons": result.finish_reasons, "source_hash": job.source_hash})
-                summary.completed += 1
+                else:
+                    out.write({"id": job.sample_id, "conversations": conversation(job, result.answers),
+                               "finish_reasons": result.finish_reasons, "source_hash": job.source_hash})
+                    summary.completed += 1
+                if on_progress is not None:
+                    on_progress(summary)
 
             log.info("regenerate %s -> %s: %d to do, %d already done", input_path, output_path, len(jobs),
                      summary.already_done)
