@@ -120,16 +120,20 @@ class DSparkDrafter(nn.Module):
         kv = self.context_kv(update.features, pos)
         state.kv.append([k for k, _ in kv], [v for _, v in kv], update.num_new)
 
+    def block_hidden(self, state: DSparkState, anchor_ids: torch.Tensor) -> torch.Tensor:
+        """Backbone output [R, γ, d] for a block right after each row's cached context."""
+        g, kv = self.config.block_size, state.kv
+        blk_pos = kv.length.unsqueeze(1) + torch.arange(g, device=anchor_ids.device).unsqueeze(0)
+        mask = torch.cat([kv.valid_mask().unsqueeze(1).expand(-1, g, -1),
+                          torch.ones(anchor_ids.shape[0], g, g, dtype=torch.bool, device=anchor_ids.device)], dim=2)
+        return self.backbone(self.block_inputs(anchor_ids), blk_pos, [kv.view(i) for i in range(len(self.layers))], mask)
+
     @torch.no_grad()
     def propose(self, state: DSparkState, update: ContextUpdate | None, anchor_ids: torch.Tensor,
                 params: SamplingParams, generator: torch.Generator | None = None) -> Proposal:
         if update is not None:
             self.absorb(state, update)
-        g, kv = self.config.block_size, state.kv
-        blk_pos = kv.length.unsqueeze(1) + torch.arange(g, device=anchor_ids.device).unsqueeze(0)
-        mask = torch.cat([kv.valid_mask().unsqueeze(1).expand(-1, g, -1),
-                          torch.ones(anchor_ids.shape[0], g, g, dtype=torch.bool, device=anchor_ids.device)], dim=2)
-        hidden = self.backbone(self.block_inputs(anchor_ids), blk_pos, [kv.view(i) for i in range(len(self.layers))], mask)
+        hidden = self.block_hidden(state, anchor_ids)
         base = self.lm_head(hidden)  # [R, γ, V]
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
             probs = processed_probs(base, params)

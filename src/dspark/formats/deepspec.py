@@ -85,7 +85,8 @@ def from_deepspec_config(raw: dict[str, Any], where: str = "") -> DrafterConfig:
     kw.update(
         method=method, head_dim=head_dim, num_hidden_layers=raw["num_hidden_layers"],
         num_target_layers=raw["num_target_layers"], target_layer_ids=raw["target_layer_ids"],
-        mask_token_id=raw.get("mask_token_id", raw["vocab_size"] - 1), block_size=raw.get("block_size", 7),
+        mask_token_id=raw.get("mask_token_id", raw["vocab_size"] - 1),
+        block_size=raw.get("block_size", raw.get("ttt_length", 7)),
         num_anchors=raw.get("num_anchors", 512), markov_rank=raw.get("markov_rank", 0) if method == "dspark" else 0,
         markov_head_type=raw.get("markov_head_type") or "vanilla",
         enable_confidence_head=bool(raw.get("enable_confidence_head", False)),

@@ -37,6 +37,10 @@ def from_specforge_config(raw: dict[str, Any], where: str = "") -> DrafterConfig
         raise CheckpointError(f"SpecForge config {where}: projector_type {nested.get('projector_type')!r} is not 'dspark'")
     flat = {k: v for k, v in raw.items() if k != "dflash_config"}
     flat.update({k: v for k, v in nested.items() if k in NESTED and v is not None})
+    if not flat.get("markov_rank"):
+        flat.pop("markov_head_type", None)
+    if not flat.get("enable_confidence_head"):
+        flat.pop("confidence_head_with_markov", None)
     flat.setdefault("num_anchors", 512)
     flat["architectures"] = ["Qwen3DSparkModel"]
     flat.setdefault("enable_confidence_head", False)

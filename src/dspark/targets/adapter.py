@@ -171,7 +171,9 @@ def load_target(path: str | Path, dtype: str | torch.dtype = "float32", device: 
     The tokenizer is loaded when the directory has one; a target without a tokenizer works on token ids.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     name = str(path)
     local = Path(name).expanduser()
     if _looks_like_path(name):
