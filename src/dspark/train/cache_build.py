@@ -40,7 +40,7 @@ def _write_batch(target: Any, layer_ids: list[int], hidden_dtype: str, batch: li
         ids[b, : s.num_tokens] = torch.from_numpy(s.input_ids)
         attention[b, : s.num_tokens] = 1
     feats = target.features(ids.to(target.device), layer_ids, attention_mask=attention.to(target.device))
-    context, last = feats.context_features.float().cpu(), feats.last_hidden.float().cpu()  # [B, S, n·d], [B, S, d]
+    context, last = feats.context_features, feats.last_hidden  # [B, S, n·d], [B, S, d] on the target's device
     for b, s in enumerate(batch):
         n = s.num_tokens
         fields = encode_sample(hidden_dtype, ids[b, :n], torch.from_numpy(s.loss_mask), context[b, :n], last[b, :n],

@@ -28,12 +28,15 @@ def last_hidden_rows(loss_mask: np.ndarray) -> np.ndarray:
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[R, d]` floats -> (`[R, d]` float8_e4m3fn, `[R]` float32 scales) with `x ≈ q · scale`."""
-    x = x.detach().to("cpu", torch.float32)
+    """`[R, d]` floats -> (`[R, d]` float8_e4m3fn, `[R]` float32 scales) on the CPU, `x ≈ q · scale`.
+
+    The arithmetic runs on `x`'s device (the GPU during a build); only the packed result moves.
+    """
+    x = x.detach().float()
     amax = x.abs().amax(dim=-1)  # [R]
     scales = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     q = (x / scales[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, scales
+    return q.cpu(), scales.cpu()
 
 
 def dequantize_rows(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -42,7 +45,7 @@ def dequantize_rows(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 
 def _bf16_bytes(x: torch.Tensor) -> bytes:
-    return x.detach().to("cpu", torch.bfloat16).contiguous().view(torch.uint16).numpy().tobytes()
+    return x.detach().to(torch.bfloat16).cpu().contiguous().view(torch.uint16).numpy().tobytes()
 
 
 def _fp8_bytes(q: torch.Tensor, scales: torch.Tensor) -> bytes:
@@ -53,7 +56,7 @@ def encode_sample(hidden_dtype: str, input_ids: torch.Tensor, loss_mask: torch.T
                   context_features: torch.Tensor, last_hidden: torch.Tensor, num_layers: int) -> list[bytes]:
     """Bytes of the five fields of one sample, in `FIELDS` order.
 
-    input_ids `[S]`, loss_mask `[S]`, context_features `[S, n·d]`, last_hidden `[S, d]`.
+    input_ids `[S]`, loss_mask `[S]` (CPU), context_features `[S, n·d]`, last_hidden `[S, d]` (any device).
     """
     seq_len = int(input_ids.shape[0])
     hidden_size = int(last_hidden.shape[-1])
@@ -70,7 +73,7 @@ def encode_sample(hidden_dtype: str, input_ids: torch.Tensor, loss_mask: torch.T
     if hidden_dtype != COMPACT_DTYPE:
         raise DataError(f"cannot write hidden_dtype {hidden_dtype!r}")
     feats = context_features.detach().reshape(seq_len * num_layers, hidden_size)  # one row per (token, layer)
-    keep = torch.from_numpy(last_hidden_rows(mask_np))
+    keep = torch.from_numpy(last_hidden_rows(mask_np)).to(last_hidden.device)
     return head + [_fp8_bytes(*quantize_rows(feats)), _fp8_bytes(*quantize_rows(last_hidden.detach()[keep]))]
 
 
