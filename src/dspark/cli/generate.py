@@ -65,7 +65,7 @@ def make_planner(args: argparse.Namespace):
     """A verification-length planner for --policy (from dspark.scheduling), or None."""
     if args.policy is None:
         return None
-    from dspark.scheduling.decoder_planner import planner_from_args
+    from dspark.decode.policy_planner import planner_from_args
 
     return planner_from_args(args.policy, args.sps)
 
