@@ -99,3 +99,21 @@ def test_pretrain_cli_and_overwrite(built: Path, tmp_path: Path, capsys: pytest.
     assert json.loads((out / SUMMARY_FILE).read_text())["val_tokens_evaluated"] == 32 * 4
     assert main(["pretrain", "--corpus", str(tmp_path / "nope"), "--tokenizer", str(built / "tok"), "--out", str(out),
                  "--device", "cpu"]) == 2
+
+
+def test_shipped_tiny_target() -> None:
+    """The embedded tiny target: small enough to ship, a real training run, loadable offline."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dspark.reference.tokenizer import SPECIAL_TOKENS
+
+    directory = Path(__file__).resolve().parents[1] / "src" / "dspark" / "assets" / "tiny-target"
+    if not (directory / "model.safetensors").is_file():
+        pytest.skip("the tiny target is not in this checkout")
+    assert sum(f.stat().st_size for f in directory.iterdir()) <= 16 * 1024 * 1024
+    summary = json.loads((directory / SUMMARY_FILE).read_text())
+    assert 5e6 <= summary["num_parameters"] <= 15e6 and summary["val_loss"] < summary["initial_val_loss"] / 2
+    model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    assert model.config.num_hidden_layers >= 4 and model.config.vocab_size == len(tokenizer)
+    assert tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)) == list(range(len(SPECIAL_TOKENS)))

@@ -5,8 +5,9 @@ loop: random windows of the packed train stream, bf16 autocast on CUDA, AdamW wi
 a cosine decay whose progress is the larger of the step fraction and the wall-clock fraction (so a
 time budget ends the run with a decayed learning rate), periodic validation loss. The result is a
 standard Hugging Face model directory (`config.json`, `model.safetensors`, `generation_config.json`),
-the tokenizer files beside it, and `training_summary.json` (preset, parameter count, tokens seen,
-validation loss, perplexity and bits per byte, loss history, versions, device). The directory is
+the tokenizer files beside it, the corpus's provenance (`corpus_provenance.json`), and
+`training_summary.json` (preset, parameter count, tokens seen, validation loss, perplexity and bits
+per byte, loss history, versions, device). The directory is
 written under a temporary name and renamed at the end, so a crashed run never leaves a half model.
 
 Run: `dspark pretrain --preset tiny --corpus runs/corpus --tokenizer runs/tokenizer --out runs/tiny`
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dspark.errors import ConfigError
-from dspark.reference.corpus import read_provenance
+from dspark.reference.corpus import PROVENANCE_FILE, read_provenance
 from dspark.reference.packing import eval_windows, load_split, random_windows
 from dspark.reference.presets import TargetPreset, qwen3_config
 from dspark.reference.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer, load_tokenizer
@@ -38,6 +39,7 @@ from dspark.reference.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer, lo
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
+CORPUS_PROVENANCE_FILE = "corpus_provenance.json"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -214,7 +216,7 @@ def pretrain(
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    save_target(model, tokenizer_dir, Path(out_dir), summary, save_dtype, ids)
+    save_target(model, tokenizer_dir, Path(out_dir), summary, save_dtype, ids, Path(corpus_dir) / PROVENANCE_FILE)
     logger.info("val loss %.4f, perplexity %.2f, saved to %s", val_loss, math.exp(val_loss), out_dir)
     return summary
 
@@ -233,8 +235,11 @@ def _corpus_summary(corpus_dir: Path) -> dict:
     return {"roots": provenance.get("roots"), "python": provenance.get("python"), "stats": provenance.get("stats")}
 
 
-def save_target(model, tokenizer_dir: Path, out_dir: Path, summary: dict, save_dtype: str, ids: dict[str, int]) -> None:
-    """Write model + tokenizer + summary under a temporary name, then swap it into place."""
+def save_target(
+    model, tokenizer_dir: Path, out_dir: Path, summary: dict, save_dtype: str, ids: dict[str, int],
+    corpus_provenance: Path | None = None,
+) -> None:
+    """Write model + tokenizer + summary (+ the corpus provenance) under a temporary name, then swap it in."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -246,6 +251,8 @@ def save_target(model, tokenizer_dir: Path, out_dir: Path, summary: dict, save_d
     model.save_pretrained(str(tmp))
     copy_tokenizer(tokenizer_dir, tmp)
     (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if corpus_provenance is not None and corpus_provenance.is_file():  # what the weights were trained on
+        shutil.copy2(corpus_provenance, tmp / CORPUS_PROVENANCE_FILE)
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, old)
