@@ -85,17 +85,21 @@ def save_drafter(drafter: nn.Module, out_dir: str | Path, fmt: str = "deepspec",
     """Write config.json + model.safetensors atomically in `fmt` ("deepspec" or "specforge")."""
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
-    config: DrafterConfig = drafter.config
-    raw = to_specforge_config(config) if fmt == "specforge" else to_deepspec_config(config)
-    raw["dtype"] = str(next(drafter.parameters()).dtype).replace("torch.", "")
-
     def fill(tmp: Path) -> None:
-        write_json(tmp / "config.json", raw)
-        save_weights(tmp, drafter.state_dict())
+        write_drafter_files(drafter, tmp, fmt)
         for name, obj in (extra_files or {}).items():
             write_json(tmp / name, obj)
 
     return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+
+
+def write_drafter_files(drafter: nn.Module, directory: Path, fmt: str = "deepspec") -> None:
+    """config.json + model.safetensors into an existing (temporary) directory."""
+    config: DrafterConfig = drafter.config
+    raw = to_specforge_config(config) if fmt == "specforge" else to_deepspec_config(config)
+    raw["dtype"] = str(next(drafter.parameters()).dtype).replace("torch.", "")
+    write_json(directory / "config.json", raw)
+    save_weights(directory, drafter.state_dict())
 
 
 def export_drafter(src: str | Path, out_dir: str | Path, fmt: str, overwrite: bool = False) -> Path:
@@ -103,4 +107,4 @@ def export_drafter(src: str | Path, out_dir: str | Path, fmt: str, overwrite: bo
     return save_drafter(load_drafter(src), out_dir, fmt=fmt, overwrite=overwrite)
 
 
-__all__ = ["load_drafter", "save_drafter", "export_drafter", "read_drafter_config", "detect_format", "check_compatible", "FORMATS"]
+__all__ = ["load_drafter", "save_drafter", "write_drafter_files", "export_drafter", "read_drafter_config", "detect_format", "check_compatible", "FORMATS"]

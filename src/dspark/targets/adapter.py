@@ -154,7 +154,8 @@ class TargetModel:
         for name, p in sorted(self.model.state_dict().items()):
             flat = p.detach().reshape(-1)
             step = max(1, flat.numel() // 4096)
-            sample = flat[::step][:4096].float().cpu().contiguous()
+            # rounded to bf16 so a checkpoint loaded in fp32 or bf16 fingerprints the same
+            sample = flat[::step][:4096].to(torch.bfloat16).float().cpu().contiguous()
             h.update(f"{name}:{tuple(p.shape)}".encode())
             h.update(sample.numpy().tobytes())
         return h.hexdigest()

@@ -1,0 +1,39 @@
+"""Trainer checkpoints: the drafter in DeepSpec format plus `trainer_state.pt`, written atomically.
+
+Layout: `<output_dir>/checkpoints/step-00000500/{config.json, model.safetensors, trainer_state.pt}`.
+The newest complete checkpoint (one with trainer_state.pt) is what `latest_checkpoint` returns; a
+half-written one never exists under its final name (temp dir + rename), so a kill cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dspark.formats import write_drafter_files
+from dspark.formats.io import write_dir_atomically
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:08d}"
+
+
+def save_checkpoint(output_dir: str | Path, step: int, drafter: Any, state: dict[str, Any], keep: int = 2) -> Path:
+    def fill(tmp: Path) -> None:
+        write_drafter_files(drafter, tmp, "deepspec")
+        torch.save(state, tmp / "trainer_state.pt")
+
+    path = write_dir_atomically(checkpoint_dir(output_dir, step), fill, overwrite=True)
+    existing = sorted(p for p in (Path(output_dir) / "checkpoints").glob("step-*") if (p / "trainer_state.pt").is_file())
+    for old in existing[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    root = Path(output_dir) / "checkpoints"
+    done = sorted(p for p in root.glob("step-*") if (p / "trainer_state.pt").is_file()) if root.is_dir() else []
+    return done[-1] if done else None

@@ -1,0 +1,294 @@
+"""`Trainer`: one loop for every drafter method, on CPU, one GPU or many (torchrun: DDP or FSDP).
+
+Per optimizer step: the step's samples come from `stream.step_indices` (a pure function of seed and
+step); features come from a target cache or are computed online by the frozen target; the objective of
+the method gives weighted loss sums; each micro-batch's loss is divided by the GLOBAL weight of
+supervised slots (summed over accumulation and ranks before any forward), so the gradient equals that
+of one big batch. AdamW, linear warm-up then cosine to 0, gradient clipping, bf16 autocast on CUDA with
+fp32 master weights. Checkpoints (DeepSpec format + trainer state) are atomic; a restarted run resumes
+from the newest one and continues exactly (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dspark.drafters import build_drafter, config_from_target
+from dspark.errors import ConfigError
+from dspark.formats import save_drafter
+from dspark.targets import load_target
+from dspark.train.checkpoints import latest_checkpoint, save_checkpoint
+from dspark.train.config import TrainConfig
+from dspark.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from dspark.train.losses import LossWeights
+from dspark.train.objectives import OBJECTIVES
+from dspark.train.stream import micro_seed, step_indices
+
+log = logging.getLogger(__name__)
+
+
+class ObjectiveModule(nn.Module):
+    """Wraps drafter + objective so DDP/FSDP see one forward per micro-batch."""
+
+    def __init__(self, drafter: nn.Module, method: str, weights: LossWeights) -> None:
+        super().__init__()
+        self.drafter = drafter
+        self.objective = OBJECTIVES[method][0]
+        self.weights = weights
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.objective(self.drafter, batch, generator, self.weights)
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def drafter_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"num_anchors": cfg.num_anchors}
+    if cfg.num_draft_layers is not None:
+        out["num_hidden_layers"] = cfg.num_draft_layers
+    if cfg.target_layer_ids is not None:
+        out["target_layer_ids"] = cfg.target_layer_ids
+    if cfg.method in ("dspark", "dflash", "mtp"):
+        out["block_size"] = cfg.block_size
+    if cfg.method == "dspark":
+        out.update(markov_rank=cfg.markov_rank, markov_head_type=cfg.markov_head_type,
+                   enable_confidence_head=cfg.enable_confidence_head,
+                   confidence_head_with_markov=cfg.confidence_head_with_markov and cfg.markov_rank > 0)
+    if cfg.method == "eagle3":
+        out["ttt_length"] = cfg.block_size
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        if not cfg.target:
+            raise ConfigError("training needs `target` (a model directory or hub id)")
+        if not cfg.cache and not cfg.data:
+            raise ConfigError("training needs `data` (JSONL files, online mode) or `cache` (a target-cache directory)")
+        self.cfg = cfg
+        self.dist, self.device = init_distributed(cfg.device)
+        torch.manual_seed(cfg.seed)
+        online = not cfg.cache
+        cuda = self.device.type == "cuda"
+        self.target = load_target(cfg.target, dtype=cfg.target_dtype if cuda else "float32",
+                                  device=self.device if online else "cpu")
+        self.drafter = build_drafter(config_from_target(self.target, cfg.method, **drafter_overrides(cfg)))
+        self.drafter.init_from_target(self.target)
+        self.drafter.to(self.device)
+        self.layer_ids = self.drafter.config.target_layer_ids
+        self.train_set, self.eval_set = self._datasets()
+        if len(self.train_set) == 0:
+            raise ConfigError("no training samples left after filtering and the eval split")
+        self.weights = LossWeights(cfg.loss_ce, cfg.loss_tv, cfg.loss_conf, cfg.slot_decay)
+        self.module: nn.Module = ObjectiveModule(self.drafter, cfg.method, self.weights)
+        if self.dist.world > 1:
+            self.module = self._wrap_parallel(self.module)
+        params = [p for p in self.drafter.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        steps_per_epoch = max(1, len(self.train_set) // cfg.global_batch)
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, cfg.warmup_ratio))
+        self.step = 0
+        self.out = Path(cfg.output_dir)
+        self._resume()
+
+    # -- setup ------------------------------------------------------------------------------------
+    def _datasets(self):
+        from dspark.train.data import DataConfig, TokenDataset, load_samples, split_by_id
+
+        cfg = self.cfg
+        if cfg.cache:
+            from dspark.train.cache import open_cache
+
+            data = open_cache(cfg.cache, self.target, self.layer_ids)
+            ids = list(data.sample_ids)
+        else:
+            samples, _ = load_samples(cfg.data, self.target.tokenizer, DataConfig(max_length=cfg.max_length))
+            data = TokenDataset(samples)
+            ids = [s.sample_id for s in samples]
+        train_idx, eval_idx = split_by_id(ids, cfg.eval_fraction, cfg.seed)
+        sub = torch.utils.data.Subset
+        return sub(data, train_idx), sub(data, eval_idx[: cfg.max_eval_samples])
+
+    def _wrap_parallel(self, module: nn.Module) -> nn.Module:
+        if self.cfg.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            return FSDP(module, use_orig_params=True, device_id=self.device if self.device.type == "cuda" else None)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                   find_unused_parameters=False)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is None:
+            return
+        from dspark.formats.io import load_weights
+
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
+        if state["config"]["method"] != self.cfg.method:
+            raise ConfigError(f"{ckpt} was trained with method {state['config']['method']!r}, not {self.cfg.method!r}")
+        self.drafter.load_state_dict(load_weights(ckpt), strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        metrics = self.out / "metrics.jsonl"
+        if self.dist.is_main and metrics.is_file():  # forget what the killed run logged after its checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        from dspark.train.data import collate_padded
+
+        return self._with_features(collate_padded([self.train_set.dataset[i] for i in indices]))
+
+    def _with_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Move to the device; online mode: the frozen target computes the features now, rounded like the cache."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if "context_features" not in batch:
+            from dspark.targets.adapter import resolve_dtype
+
+            feats = self.target.features(batch["input_ids"], self.layer_ids, attention_mask=batch["attention_mask"])
+            dtype = resolve_dtype(self.cfg.feature_dtype)
+            batch["context_features"] = feats.context_features.to(dtype).float()
+            batch["last_hidden"] = feats.last_hidden.to(dtype).float()
+        return batch
+
+    def _micro_batches(self, step: int) -> list[list[int]]:
+        local = step_indices(len(self.train_set), self.cfg.seed, step, self.cfg.global_batch, self.dist.rank, self.dist.world)
+        local = [self.train_set.indices[i] for i in local]
+        mb = self.cfg.micro_batch
+        return [local[i: i + mb] for i in range(0, len(local), mb)]
+
+    # -- loop -------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.cfg, self.step
+        micro = [(self._batch(idx), micro_seed(cfg.seed, step, self.dist.rank, m)) for m, idx in enumerate(self._micro_batches(step))]
+        weight_fn = OBJECTIVES[cfg.method][1]
+        total = sum(weight_fn(self.drafter, b, torch.Generator().manual_seed(s), self.weights) for b, s in micro)
+        total = all_reduce_sum(torch.as_tensor(total, dtype=torch.float32, device=self.device).clone(), self.dist)
+        scale = self.dist.world / total.clamp_min(1e-6)  # DDP averages over ranks: undo it, then normalise
+        self.drafter.train()
+        sums: dict[str, torch.Tensor] = {}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda")
+        for i, (batch, seed) in enumerate(micro):
+            sync = i == len(micro) - 1 or self.dist.world == 1
+            ctx = self.module.no_sync() if (not sync and hasattr(self.module, "no_sync")) else _null()
+            with ctx, autocast:
+                out = self.module(batch, torch.Generator().manual_seed(seed))
+                (out["loss"] * scale).backward()
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.drafter.parameters() if p.requires_grad], cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = all_reduce_sum(sums["loss"].clone(), self.dist) / total
+        return {"loss": float(loss), "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Teacher-forced acceptance on the held-out split: per slot conditional/unconditional, τ estimate."""
+        self.drafter.eval()
+        sums: dict[str, torch.Tensor] = {}
+        from dspark.train.data import collate_padded
+
+        objective = OBJECTIVES[self.cfg.method][0]
+        data = self.eval_set if len(self.eval_set) else self.train_set
+        for i in range(self.dist.rank, min(len(data), self.cfg.max_eval_samples), self.dist.world):
+            batch = self._with_features(collate_padded([data[i]]))
+            out = objective(self.drafter, batch, torch.Generator().manual_seed(i), self.weights)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+        for k in sums:
+            sums[k] = all_reduce_sum(torch.as_tensor(sums[k], device=self.device).clone(), self.dist)
+        cond = (sums["accept"] / sums["count"].clamp_min(1)).tolist()
+        uncond = [math.prod(cond[: j + 1]) for j in range(len(cond))]
+        return {"eval_loss": float(sums["loss"] / sums["weight"].clamp_min(1e-6)), "accept_conditional": cond,
+                "accept_unconditional": uncond, "tau_estimate": 1.0 + sum(uncond)}
+
+    def save(self) -> Path | None:
+        barrier(self.dist)
+        if not self.dist.is_main:
+            return None
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "config": self.cfg.to_dict()}
+        return save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints)
+
+    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to `total_steps` (or stop early at `stop_at`, as a killed run would, keeping the schedule)."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        writer = _tensorboard(self.out / "tb") if cfg.tensorboard and self.dist.is_main else None
+        metrics_file = (self.out / "metrics.jsonl").open("a") if self.dist.is_main else None
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main, desc=f"train {cfg.method}")
+        last: dict[str, Any] = {}
+        end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        while self.step < end:
+            stats = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}")
+            record: dict[str, Any] = {"step": self.step, **stats}
+            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                record.update(self.evaluate())
+            if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                self.save()
+            if self.dist.is_main and (self.step % cfg.log_every == 0 or "tau_estimate" in record):
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                if writer is not None:
+                    for k, v in record.items():
+                        if isinstance(v, float):
+                            writer.add_scalar(k, v, self.step)
+            last = record
+        bar.close()
+        if self.dist.is_main and self.step == self.total_steps:
+            save_drafter(self.drafter, self.out / "final", overwrite=True)
+        if self.dist.is_main:
+            metrics_file.close()
+            if writer is not None:
+                writer.close()
+        barrier(self.dist)
+        shutdown(self.dist)
+        return last
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: metrics.jsonl still has everything
+        return None
+    return SummaryWriter(str(path))
