@@ -57,8 +57,6 @@ def test_request_and_draft_costs_add_to_the_round():
     assert table.request_time(4) == pytest.approx(0.004)  # extrapolated on the last segment
     assert table.round_time(10, 3) == pytest.approx(0.2 + 0.003 + 0.03)
     assert table.per_request_overhead(3) == pytest.approx(0.033)
-    bare = table.without_draft_cost()
-    assert not bare.has_draft_cost and bare.round_time(10, 3) == pytest.approx(0.203)
     assert SPSTable([1], [1.0]).draft_time(7) == 0.0
 
 

@@ -10,7 +10,6 @@ from dspark.scheduling.policy import (
     POLICY_NAMES,
     Policy,
     async_capacity,
-    expected_committed,
     parse_policy,
     plan_verify_lengths,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "parse_policy",
     "Policy",
     "POLICY_NAMES",
-    "expected_committed",
     "roofline_table",
     "Hardware",
     "ModelShape",

@@ -265,9 +265,3 @@ def plan_verify_lengths(
         return torch.from_numpy(lengths).to(survival.device)
     return lengths
 
-
-def expected_committed(survival: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """τ_r = 1 + Σ_{j<=ℓ_r} a_{r,j} -> [R] (the objective's numerator, per request)."""
-    gamma = survival.shape[1]
-    mask = np.arange(gamma)[None, :] < np.asarray(lengths)[:, None]  # [R, γ]
-    return 1.0 + (survival * mask).sum(axis=1)

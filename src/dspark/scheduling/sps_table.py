@@ -158,12 +158,6 @@ class SPSTable:
     def has_draft_cost(self) -> bool:
         return self._draft is not None
 
-    def without_draft_cost(self) -> SPSTable:
-        """The same table with no draft cost (for rounds that draft nothing)."""
-        d = self.to_dict()
-        d.pop("draft_cost", None)
-        return SPSTable.from_dict(d)
-
     def step_time(self, batch_tokens: float | np.ndarray) -> float | np.ndarray:
         """Seconds of one target forward over `batch_tokens` tokens (scalar or array)."""
         out = _interp_time(self._tokens, self._times, np.asarray(batch_tokens, dtype=np.float64))

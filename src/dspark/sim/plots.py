@@ -23,6 +23,9 @@ def _pyplot():
     return plt
 
 
+_STYLES = ("-", "--", ":", "-.")
+
+
 def _by_policy(results: Sequence[SimResult]) -> dict[str, list[SimResult]]:
     groups: dict[str, list[SimResult]] = {}
     for r in results:
@@ -36,8 +39,9 @@ def plot_frontier(results: Sequence[SimResult], path: str | Path, title: str, sl
     """Aggregate tok/s per GPU against per-user tok/s, one line per policy (points ordered by load)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for policy, rows in _by_policy(results).items():
-        ax.plot([r.per_user_mean for r in rows], [r.throughput for r in rows], marker="o", ms=3, label=policy)
+    for i, (policy, rows) in enumerate(_by_policy(results).items()):
+        style = dict(marker="o", ms=3, ls=_STYLES[i % len(_STYLES)], label=policy)
+        ax.plot([r.per_user_mean for r in rows], [r.throughput for r in rows], **style)
     for sla in slas:
         ax.axvline(sla, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("per-user speed (tok/s/user)")
@@ -55,11 +59,12 @@ def plot_load(results: Sequence[SimResult], path: str | Path, title: str) -> Pat
     """Two panels against concurrency: aggregate throughput, and mean verification budget per request."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for policy, rows in _by_policy(results).items():
+    for i, (policy, rows) in enumerate(_by_policy(results).items()):
         rows = [r for r in rows if r.concurrency is not None]
         conc = [r.concurrency for r in rows]
-        top.plot(conc, [r.throughput for r in rows], marker="o", ms=3, label=policy)
-        bottom.plot(conc, [r.mean_budget for r in rows], marker="o", ms=3, label=policy)
+        style = dict(marker="o", ms=3, ls=_STYLES[i % len(_STYLES)], label=policy)
+        top.plot(conc, [r.throughput for r in rows], **style)
+        bottom.plot(conc, [r.mean_budget for r in rows], **style)
     top.set_ylabel("throughput (tok/s/GPU)")
     bottom.set_ylabel("verified tokens / request / round")
     bottom.set_xlabel("concurrent requests")
