@@ -147,6 +147,19 @@ def test_roofline_qwen3_8b_parameter_count():
     assert MODELS["qwen3-8b"].kv_bytes_per_token == 2 * 36 * 8 * 128 * 2
 
 
+def test_from_roofline_takes_plain_numbers():
+    model = MODELS["qwen3-8b"]
+    plain = SPSTable.from_roofline(
+        bandwidth=4.3e12, flops=790e12, num_params=model.num_params, num_layers=36,
+        kv_bytes_per_token=model.kv_bytes_per_token, context_len=1024, max_tokens=512, compute_efficiency=0.6,
+    )
+    named = roofline_table("h200", "qwen3-8b", context_len=1024, max_tokens=512)
+    tokens = np.arange(1, 600)
+    assert plain.step_time(tokens) == pytest.approx(named.step_time(tokens))
+    assert plain.request_time(37) == pytest.approx(named.request_time(37))
+    assert plain.meta["hardware"]["name"] == "custom"
+
+
 def test_roofline_bad_input():
     with pytest.raises(ConfigError, match="unknown hardware"):
         roofline_table("tpu", "qwen3-8b", context_len=10)

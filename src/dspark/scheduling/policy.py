@@ -40,12 +40,17 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dspark.errors import ConfigError, DataError
 from dspark.scheduling.sps_table import SPSTable
+
+if TYPE_CHECKING:
+    import torch
+
+    Array = np.ndarray | torch.Tensor
 
 POLICY_NAMES = ("none", "fixed:K", "mtp1", "threshold:T", "dspark", "dspark-async", "global")
 LOSSLESS = {"none": True, "fixed": True, "threshold": True, "dspark": True, "dspark-async": True, "global": False}
@@ -219,7 +224,7 @@ def _capacity(stale_slots: np.ndarray, num_rows: int, sps: SPSTable) -> int:
     return int(_throughput_path(stale_values, num_rows, sps).argmax())
 
 
-def async_capacity(stale_survival: Any, sps: SPSTable, num_requests: int) -> int:
+def async_capacity(stale_survival: Array, sps: SPSTable, num_requests: int) -> int:
     """Capacity K of `dspark-async`: extra tokens maximising Θ along the ranked stale values (no early stop).
 
     `stale_survival` [R', γ'] is the survival of two rounds earlier; Θ uses `num_requests` (the current R)
@@ -229,14 +234,14 @@ def async_capacity(stale_survival: Any, sps: SPSTable, num_requests: int) -> int
 
 
 def plan_verify_lengths(
-    survival: Any,  # [R, γ] np.ndarray or torch.Tensor, prefix survival a_{r, j+1}
+    survival: Array,  # [R, γ] prefix survival a_{r, j+1}
     sps: SPSTable,
     policy: str,
-    stale_survival: Any = None,  # [R', γ'] survival from two rounds earlier (dspark-async only)
+    stale_survival: Array | None = None,  # [R', γ'] survival from two rounds earlier (dspark-async only)
     *,
-    confidence: Any = None,  # [R, γ] conditional confidences c (threshold only; else derived)
+    confidence: Array | None = None,  # [R, γ] conditional confidences c (threshold only; else derived)
     capacity: int | None = None,  # dspark-async: a precomputed `async_capacity` (wins over stale_survival)
-) -> Any:
+) -> Array:
     """Verify lengths ℓ [R] (int, same array type and device as `survival`) under `policy`.
 
     See the module docstring for every policy and which ones are lossless. Raises `DataError` for

@@ -47,7 +47,7 @@ class ModelShape:
 
     name: str
     num_params: float  # parameters read per forward (linear layers + LM head)
-    num_layers: int
+    num_layers: int  # recorded for reference; the model needs only params and KV bytes
     kv_bytes_per_token: float  # K and V of every layer, per context token
     bytes_per_param: float = 2.0
 
@@ -135,6 +135,7 @@ def roofline_table(
     linearly); the request cost (target KV reads) and, when `drafter` is given, the draft cost (one
     drafter forward over `R · draft_slots` tokens with its own KV reads) cover 1..`max_requests`.
     `drafter` may be "dspark" or "mtp1" (built for the target by name) or a `ModelShape`.
+    `SPSTable.from_roofline` is the same builder taking plain numbers.
     """
     hw = HARDWARE.get(hardware) if isinstance(hardware, str) else hardware
     if hw is None:
