@@ -27,6 +27,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train faster on one CPU thread, and far faster when other jobs share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_packing(built: Path) -> None:
     stream = load_split(built / "corpus", built / "tok", "train", cache_dir=built / "cache")
     assert stream.tokens.dtype.name == "uint16" and stream.tokens[0] == 0 and (stream.tokens == 1).sum() == stream.num_documents
@@ -58,7 +67,7 @@ def test_presets() -> None:
         get_preset("tiny").with_overrides(num_layers=3)
 
 
-def test_pretrain_lowers_loss_and_saves_hf_dir(built: Path, tmp_path: Path) -> None:
+def test_pretrain_lowers_loss_and_saves_hf_dir(built: Path, tmp_path: Path, one_thread: None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     preset = get_preset("tiny").with_overrides(
@@ -86,7 +95,7 @@ def test_pretrain_lowers_loss_and_saves_hf_dir(built: Path, tmp_path: Path) -> N
     assert len(hidden) == 5 and hidden[-1].shape == (1, ids.shape[1], 32)
 
 
-def test_pretrain_cli_and_overwrite(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pretrain_cli_and_overwrite(built: Path, tmp_path: Path, capsys: pytest.CaptureFixture, one_thread: None) -> None:
     out = tmp_path / "cli-target"
     args = ["pretrain", "--preset", "tiny", "--corpus", str(built / "corpus"), "--tokenizer", str(built / "tok"),
             "--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--warmup-steps", "1",

@@ -12,8 +12,12 @@ schedule, so a run always finishes on time with the learning rate decayed.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from dspark.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import Qwen3Config
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,13 @@ PRESETS: dict[str, TargetPreset] = {
 
 
 def get_preset(name: str) -> TargetPreset:
+    """The named preset (ConfigError for an unknown name)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 
-def qwen3_config(preset: TargetPreset, vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+def qwen3_config(preset: TargetPreset, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> Qwen3Config:
     """The `transformers.Qwen3Config` of a preset (tied embeddings keep the tiny target small)."""
     from transformers import Qwen3Config
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dspark.errors import ConfigError
+from dspark.errors import ConfigError, DataError
 from dspark.reference.corpus import PROVENANCE_FILE, read_provenance
 from dspark.reference.packing import eval_windows, load_split, random_windows
 from dspark.reference.presets import TargetPreset, qwen3_config
@@ -230,13 +230,13 @@ def _transformers_version() -> str:
 def _corpus_summary(corpus_dir: Path) -> dict:
     try:
         provenance = read_provenance(corpus_dir)
-    except Exception:  # provenance is informative only
+    except (DataError, OSError, ValueError):  # provenance is informative only
         return {"path": str(corpus_dir)}
     return {"roots": provenance.get("roots"), "python": provenance.get("python"), "stats": provenance.get("stats")}
 
 
 def save_target(
-    model, tokenizer_dir: Path, out_dir: Path, summary: dict, save_dtype: str, ids: dict[str, int],
+    model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path, summary: dict, save_dtype: str, ids: dict[str, int],
     corpus_provenance: Path | None = None,
 ) -> None:
     """Write model + tokenizer + summary (+ the corpus provenance) under a temporary name, then swap it in."""

@@ -22,9 +22,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TypeVar
 
 from dspark.errors import DataError
 from dspark.reference.corpus import Document, open_gzip_text, read_documents
@@ -41,6 +42,7 @@ SHARED_DOMAINS: dict[str, str] = {
     "mt-bench": "chat", "arena-hard-v2": "chat", "swe-bench": "agentic",
 }  # fmt: skip
 
+T = TypeVar("T")
 Message = dict[str, str]
 Example = tuple[str, str, str]  # (kind, user request, reference answer)
 
@@ -50,15 +52,18 @@ def _fence(code: str) -> str:
 
 
 def code_completion_request(fn: FunctionSnippet) -> str:
+    """A documented signature, asking for the body (answer: the whole function)."""
     return f"Complete the body of this Python function.\n\n{_fence(fn.header)}"
 
 
 def code_instruct_request(fn: FunctionSnippet) -> str:
+    """A one-line request made of the signature and the docstring summary."""
     summary = fn.summary.rstrip(".")
     return f"Write a Python function `{fn.signature}`. {summary[0].upper()}{summary[1:]}."
 
 
 def prose_request(opening: str) -> str:
+    """The opening of a documentation passage, asking for the rest."""
     return f"Continue this passage from a library's documentation.\n\n{opening}"
 
 
@@ -77,7 +82,7 @@ def examples_from_source(source: str, per_file: int = 3, comments: bool = True) 
     return chosen
 
 
-def _pick(items: list, count: int, key) -> list:
+def _pick(items: list[T], count: int, key: Callable[[T], object]) -> list[T]:
     """A deterministic pseudo-random choice of `count` items (ordered by a hash of `key`)."""
     ranked = sorted(items, key=lambda item: hashlib.sha256(str(key(item)).encode()).hexdigest())
     return ranked[:count]
@@ -125,6 +130,8 @@ def build_prompt_sets(
         chosen = [request for _, request in sorted(ranked)[:max_per_set]]
         write_prompt_set(out_dir / f"{kind}.jsonl", ([request] for request in chosen))
         counts[kind] = len(chosen)
+        if not chosen:
+            logger.warning("prompt set %s is empty: split %r of %s has no usable %s material", kind, split, corpus_dir, kind)
     logger.info("prompt sets in %s: %s", out_dir, counts)
     return counts
 
