@@ -99,3 +99,15 @@ def test_mismatched_target_is_rejected(qwen3_target, tmp_path):
         Qwen3ForCausalLM(Qwen3Config(**cfg)).save_pretrained(tmp_path / name)
         with pytest.raises(IncompatibleModelsError, match=name):
             load_drafter(tmp_path / "d", target=load_target(tmp_path / name))
+
+
+def test_lean_checkpoint_needs_and_uses_the_target(qwen3_target, tmp_path):
+    drafter = tiny_drafter(qwen3_target, "dspark")
+    save_drafter(drafter, tmp_path / "lean", include_frozen=False)
+    from safetensors.torch import load_file
+
+    assert "embed_tokens.weight" not in load_file(str(tmp_path / "lean" / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="lean checkpoint"):
+        load_drafter(tmp_path / "lean")
+    back = load_drafter(tmp_path / "lean", target=qwen3_target)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in drafter.state_dict().items())

@@ -23,6 +23,7 @@ from dspark.formats.specforge import from_specforge_config, to_specforge_config
 
 FORMATS = ("deepspec", "specforge")
 _FROZEN = ("embed_tokens.weight", "lm_head.weight")
+LEAN_KEY = "dspark_frozen_from_target"  # config flag of a checkpoint saved without embedding / LM head
 
 
 def detect_format(raw: dict[str, Any]) -> str:
@@ -64,6 +65,9 @@ def load_drafter(path: str | Path, target: Any = None, device: str | torch.devic
         check_compatible(config, target)
     drafter = build_drafter(config)
     state = load_weights(Path(path).expanduser())
+    if target is None and any(k not in state for k in _FROZEN):
+        raise CheckpointError(f"drafter {str(path)!r} stores no embedding/LM head (a lean checkpoint): "
+                              "load it with its target (load_drafter(path, target=...))")
     missing, unexpected = drafter.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (target is not None and k in _FROZEN)]
     if missing or unexpected:
@@ -81,25 +85,34 @@ def load_drafter(path: str | Path, target: Any = None, device: str | torch.devic
 
 
 def save_drafter(drafter: nn.Module, out_dir: str | Path, fmt: str = "deepspec", overwrite: bool = False,
-                 extra_files: dict[str, Any] | None = None) -> Path:
-    """Write config.json + model.safetensors atomically in `fmt` ("deepspec" or "specforge")."""
+                 extra_files: dict[str, Any] | None = None, include_frozen: bool = True) -> Path:
+    """Write config.json + model.safetensors atomically in `fmt` ("deepspec" or "specforge").
+
+    `include_frozen=False` leaves out the embedding and LM head (copies of the target's): a lean
+    checkpoint that `load_drafter(path, target=...)` completes from the target.
+    """
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
+
     def fill(tmp: Path) -> None:
-        write_drafter_files(drafter, tmp, fmt)
+        write_drafter_files(drafter, tmp, fmt, include_frozen)
         for name, obj in (extra_files or {}).items():
             write_json(tmp / name, obj)
 
     return write_dir_atomically(out_dir, fill, overwrite=overwrite)
 
 
-def write_drafter_files(drafter: nn.Module, directory: Path, fmt: str = "deepspec") -> None:
+def write_drafter_files(drafter: nn.Module, directory: Path, fmt: str = "deepspec", include_frozen: bool = True) -> None:
     """config.json + model.safetensors into an existing (temporary) directory."""
     config: DrafterConfig = drafter.config
     raw = to_specforge_config(config) if fmt == "specforge" else to_deepspec_config(config)
     raw["dtype"] = str(next(drafter.parameters()).dtype).replace("torch.", "")
+    state = drafter.state_dict()
+    if not include_frozen:
+        state = {k: v for k, v in state.items() if k not in _FROZEN}
+        raw[LEAN_KEY] = True
     write_json(directory / "config.json", raw)
-    save_weights(directory, drafter.state_dict())
+    save_weights(directory, state)
 
 
 def export_drafter(src: str | Path, out_dir: str | Path, fmt: str, overwrite: bool = False) -> Path:

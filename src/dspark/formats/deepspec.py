@@ -93,6 +93,6 @@ def from_deepspec_config(raw: dict[str, Any], where: str = "") -> DrafterConfig:
         confidence_head_with_markov=bool(raw.get("confidence_head_with_markov", False)),
         calibration_temperatures=raw.get(CALIB_KEY),
         ttt_length=raw.get("ttt_length", 7), step_loss_decay=raw.get("step_loss_decay", 0.8),
-        target_config={k: v for k, v in raw.items() if k != CALIB_KEY},
+        target_config={k: v for k, v in raw.items() if k not in (CALIB_KEY, "dspark_frozen_from_target")},
     )
     return DrafterConfig(**kw)

@@ -20,8 +20,12 @@ from dspark.train.anchors import block_attention_mask, block_layout, sample_anch
 from dspark.train.losses import LossWeights, block_loss_sums, slot_weights, soft_ce_sums
 
 Objective = Callable[[Any, dict[str, torch.Tensor], torch.Generator | None, LossWeights], dict[str, torch.Tensor]]
-CHUNK_BLOCKS = 64
-CHUNK_POSITIONS = 512
+CHUNK_ELEMENTS = 1 << 27  # vocabulary-sized elements per chunk (~0.5 GB per fp32 tensor)
+
+
+def _chunk(rows_per_item: int, vocab: int) -> int:
+    """How many items (blocks, or positions × batch) fit one chunk of CHUNK_ELEMENTS logits."""
+    return max(1, CHUNK_ELEMENTS // max(1, rows_per_item * vocab))
 
 
 def _anchors(loss_mask: torch.Tensor, num_anchors: int, generator: torch.Generator | None
@@ -69,8 +73,9 @@ def block_objective(drafter: Any, batch: dict[str, torch.Tensor], generator: tor
     prev, labels, smask = (x.reshape(-1, g)[sel] for x in (layout.prev_ids, layout.labels, layout.slot_mask))
     keys = ("loss", "ce", "tv", "conf", "weight", "accept", "count", "tau_terms", "blocks")
     parts = []
-    for i in range(0, max(h.shape[0], 1), CHUNK_BLOCKS):
-        sl = slice(i, i + CHUNK_BLOCKS)
+    step = _chunk(g, cfg.vocab_size)
+    for i in range(0, max(h.shape[0], 1), step):
+        sl = slice(i, i + step)
         args = (h[sl], target_h[sl].detach(), prev[sl], labels[sl], smask[sl])
         out = checkpoint(_block_chunk, drafter, weights, *args, use_reentrant=False) if torch.is_grad_enabled() \
             else _block_chunk(drafter, weights, *args)
@@ -140,8 +145,9 @@ def chain_objective(drafter: Any, batch: dict[str, torch.Tensor], generator: tor
         target_h = _shift(last_hidden, 1 + k).detach()
         w = cfg.step_loss_decay ** k
         step_parts = []
-        for i in range(0, s, CHUNK_POSITIONS):
-            sl = slice(i, i + CHUNK_POSITIONS)
+        width = _chunk(b, cfg.vocab_size)
+        for i in range(0, s, width):
+            sl = slice(i, i + width)
             args = (feature[:, sl], target_h[:, sl], masks[k][:, sl], w)
             out = checkpoint(_soft_chunk, drafter, *args, use_reentrant=False) if torch.is_grad_enabled() \
                 else _soft_chunk(drafter, *args)

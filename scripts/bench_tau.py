@@ -1,0 +1,60 @@
+"""Accepted length τ and per-slot acceptance of several drafters on held-out prompts, side by side.
+
+    python scripts/bench_tau.py --target DIR --prompts prompts.jsonl --drafts name=DIR ... [--temperature 1]
+
+Prints a table, then one JSON line. Prompts: JSONL with {"input_ids": [...]} (or {"turns": [...]}
+with a tokenizer). Fixed-length verification (all γ drafts), chain drafting, as SPEC §4 defines τ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dspark import SpeculativeDecoder, load_drafter, load_target
+from dspark.decode import summarize
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--drafts", nargs="+", required=True, help="name=DIR")
+    p.add_argument("--temperature", type=float, nargs="+", default=[1.0])
+    p.add_argument("--max-prompts", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args()
+    target = load_target(a.target, device=a.device)
+    lines = [json.loads(x) for x in Path(a.prompts).read_text().splitlines() if x.strip()][: a.max_prompts]
+    prompts = [x["input_ids"] for x in lines]
+    eos = target.token_id("eos_token_id")
+    rows = []
+    for spec in a.drafts:
+        name, path = spec.split("=", 1)
+        drafter = load_drafter(path, target=target, device=a.device, dtype="float32")
+        dec = SpeculativeDecoder(target, drafter)
+        for temp in a.temperature:
+            t0 = time.perf_counter()
+            results = []
+            for i in range(0, len(prompts), a.batch_size):
+                results += dec.generate(prompts[i: i + a.batch_size], a.max_new_tokens, temperature=temp, seed=0,
+                                        eos_token_id=eos)
+            s = summarize(results, drafter.config.num_drafts)
+            rows.append({"drafter": name, "temperature": temp, "tau": s["tau"], "rounds": s["num_rounds"],
+                         "accept_conditional": s["accept_rate_conditional"],
+                         "accept_unconditional": s["accept_rate_unconditional"], "seconds": time.perf_counter() - t0})
+    print(f"{'drafter':<14}{'T':>5}{'tau':>7}  conditional acceptance per slot")
+    for r in rows:
+        acc = " ".join("  -  " if x is None else f"{x:.3f}" for x in r["accept_conditional"])
+        print(f"{r['drafter']:<14}{r['temperature']:>5.1f}{r['tau']:>7.3f}  {acc}")
+    print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens, "device": a.device, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
