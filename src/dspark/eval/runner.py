@@ -193,12 +193,12 @@ def run_prompt_set(decoder: Any, prompt_set: PromptSet, conversations: Sequence[
     answers: list[list[str]] = [[] for _ in conversations]
     rounds_done = [0] * len(conversations)
     alive = [True] * len(conversations)
-    run = PromptSetRun(prompt_set, trace=None, num_prompts=0)  # type: ignore[arg-type]
     results, labels = [], []  # labels: (request id, turn, first round index)
+    num_skipped = num_generated = batch_no = 0
     max_turns = max(c.num_turns for c in conversations)
     if settings.max_turns:
         max_turns = min(max_turns, settings.max_turns)
-    t0, batch_no = time.perf_counter(), 0
+    t0 = time.perf_counter()
     for turn in range(max_turns):
         todo: list[tuple[int, list[int]]] = []
         for i, conv in enumerate(conversations):
@@ -206,8 +206,8 @@ def run_prompt_set(decoder: Any, prompt_set: PromptSet, conversations: Sequence[
                 continue
             ids = prompter.prompt(conv, answers[i])
             if max_prompt is not None and len(ids) > max_prompt:
-                alive[i] = False
-                run.num_skipped += int(turn == 0)
+                alive[i] = False  # later turns only grow
+                num_skipped += int(turn == 0)
                 continue
             todo.append((i, ids))
         todo.sort(key=lambda item: len(item[1]))  # similar lengths per batch: less padding
@@ -222,18 +222,18 @@ def run_prompt_set(decoder: Any, prompt_set: PromptSet, conversations: Sequence[
                 results.append(res)
                 labels.append((request_offset + i, turn, rounds_done[i]))
                 rounds_done[i] += len(res.rounds)
-                run.num_generated += len(res.token_ids)
+                num_generated += len(res.token_ids)
                 if turn + 1 < conversations[i].num_turns:
                     answers[i].append(prompter.decode(res.token_ids))
-    run.wall_s = time.perf_counter() - t0
-    run.num_prompts = len(conversations) - run.num_skipped
-    if run.num_skipped:
-        run.notes.append(f"{run.num_skipped} prompt(s) longer than {max_prompt} tokens skipped")
-        log.warning("%s: %d prompt(s) longer than %s tokens skipped", prompt_set.name, run.num_skipped, max_prompt)
-    run.trace = trace_from_results(results, num_slots, prompt_set.name, prompt_set.domain,
-                                   [r for r, _, _ in labels], [t for _, t, _ in labels], [o for _, _, o in labels])
-    log.info("%s: %d prompts, %d rounds, %d tokens in %.1fs", prompt_set.name, run.num_prompts, len(run.trace),
-             run.num_generated, run.wall_s)
+    trace = trace_from_results(results, num_slots, prompt_set.name, prompt_set.domain,
+                               [r for r, _, _ in labels], [t for _, t, _ in labels], [o for _, _, o in labels])
+    run = PromptSetRun(prompt_set, trace, len(conversations) - num_skipped, num_skipped, num_generated,
+                       time.perf_counter() - t0)
+    if num_skipped:
+        run.notes.append(f"{num_skipped} prompt(s) longer than {max_prompt} tokens skipped")
+        log.warning("%s: %d prompt(s) longer than %s tokens skipped", prompt_set.name, num_skipped, max_prompt)
+    log.info("%s: %d prompts, %d rounds, %d tokens in %.1fs", prompt_set.name, run.num_prompts, len(trace),
+             num_generated, run.wall_s)
     return run
 
 
@@ -247,10 +247,10 @@ def run_prompt_sets(target: Any, drafter: Any, prompt_sets: Sequence[PromptSet],
     has_setter = hasattr(drafter, "set_calibration")
     if has_setter:
         drafter.set_calibration(None)
+    loaded = [load_conversations(ps.path, max_prompts) for ps in prompt_sets]  # bad files fail before decoding
     runs, offset = [], 0
     try:
-        for ps in prompt_sets:
-            convs = load_conversations(ps.path, max_prompts)
+        for ps, convs in zip(prompt_sets, loaded):
             runs.append(run_prompt_set(decoder, ps, convs, settings, request_offset=offset, progress=progress))
             offset += len(convs)
     finally:
