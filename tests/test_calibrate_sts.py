@@ -61,6 +61,15 @@ def test_grid_edges_and_unverified_slot():
         apply_temperatures(logits, [1.0, 0.0, 1.0])
 
 
+def test_slots_with_too_few_events_keep_temperature_one():
+    logits, acc, ver = synthetic(n=400, gamma=3, sharpen=3.0, seed=5)
+    acc = np.minimum(acc, 2)
+    acc[:395] = np.minimum(acc[:395], 1)  # slot 3 survives in at most 5 rounds
+    fit = fit_sts(logits, acc, ver, min_events=10)
+    assert fit.temperatures[2] == 1.0 and fit.temperatures[0] > 1.5
+    assert fit_sts(logits, acc, ver, min_events=0).temperatures[2] != 1.0
+
+
 def test_logits_round_trip_through_probabilities():
     z = np.array([[-5.0, 0.0, 3.0, 12.0]])
     np.testing.assert_allclose(confidence_logits(apply_temperatures(z, None)), z, atol=1e-6)

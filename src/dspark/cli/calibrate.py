@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write a calibrated copy here (default: update --draft in place)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     parser.add_argument("--no-plots", action="store_true", help="skip the reliability-diagram PNG")
+    parser.add_argument("--min-events", type=int, default=10,
+                        help="survivals and failures a slot needs to get a fitted temperature (else T = 1)")
     add_decode_arguments(parser, max_prompts=200)
 
 
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                            progress=args.progress)
     trace = combined_trace(runs)
     logits = confidence_logits(trace.raw_confidences)  # [N, γ]
-    fit = fit_sts(logits, trace.accepted, trace.verified, num_bins=args.num_bins)
+    fit = fit_sts(logits, trace.accepted, trace.verified, num_bins=args.num_bins, min_events=args.min_events)
     temps = [float(t) for t in fit.temperatures]
     before = calibration_report(trace.raw_confidences, trace.accepted, trace.verified, args.num_bins)
     after = calibration_report(apply_temperatures(logits, temps), trace.accepted, trace.verified, args.num_bins)

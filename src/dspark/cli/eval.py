@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dspark.cli.common import add_model_arguments, load_pair, print_json
+from dspark.cli.common import DEFAULT_DRAFT, add_model_arguments, load_pair, print_json
 from dspark.errors import ConfigError
 
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     thresholds = args.thresholds if args.thresholds is not None else DEFAULT_THRESHOLDS
     report = build_report(runs, stored, thresholds, args.num_bins)
     summary = report.summary
-    summary = {"target": str(target.path), "draft": args.draft, "method": drafter.config.method,
+    summary = {"target": str(target.path), "draft": args.draft or str(DEFAULT_DRAFT), "method": drafter.config.method,
                "temperature": args.temperature, "verify_len": args.verify_len or summary["num_slots"],
                "max_new_tokens": args.max_new_tokens, **summary}
     report.summary = summary

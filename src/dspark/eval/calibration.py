@@ -5,7 +5,9 @@
 Fitting runs left to right over the slots. For slot k the temperatures of slots < k are already fixed,
 so a_{k-1} is known for every round; T_k is the grid value that minimises the ECE of
 a_k = a_{k-1} · σ(logit_k / T) against the observed prefix survival y_k (slots 1..k all accepted), over
-the rounds where slot k was verified. Ties go to the temperature closest to 1. A positive temperature
+the rounds where slot k was verified. Ties go to the temperature closest to 1. A slot with fewer than
+`min_events` survivals or failures keeps T = 1: with a handful of events (deep slots of a weak
+drafter) the grid would chase noise, e.g. a tiny T that saturates every confidence. A positive temperature
 keeps the order of every slot's confidences (order-preserving), so per-slot ROC-AUC of c_k does not move.
 
 Where it sits: `dspark calibrate` (fit on held-out rounds, store in the checkpoint) and `dspark eval`
@@ -22,6 +24,7 @@ from dspark.eval.metrics import slot_outcomes
 from dspark.eval.reliability import DEFAULT_NUM_BINS, ece_grid
 
 LOGIT_EPS = 1e-6  # confidences are stored as float32 probabilities; clamp before taking the logit
+MIN_EVENTS = 10  # survivals and failures a slot needs before its temperature is fitted
 
 
 def default_grid() -> np.ndarray:
@@ -55,11 +58,11 @@ class STSFit:
 
 
 def fit_sts(logits: np.ndarray, accepted: np.ndarray, verified: np.ndarray, grid: np.ndarray | None = None,
-            num_bins: int = DEFAULT_NUM_BINS) -> STSFit:
+            num_bins: int = DEFAULT_NUM_BINS, min_events: int = MIN_EVENTS) -> STSFit:
     """Fit one temperature per slot, left to right (see the module docstring).
 
-    logits [N, γ] are the RAW confidence logits; accepted / verified [N] the round outcomes. A slot that
-    was never verified keeps T = 1.
+    logits [N, γ] are the RAW confidence logits; accepted / verified [N] the round outcomes. A slot with
+    fewer than `min_events` observed survivals or failures keeps T = 1.
     """
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
@@ -82,16 +85,19 @@ def fit_sts(logits: np.ndarray, accepted: np.ndarray, verified: np.ndarray, grid
             before[k] = ece_grid(raw_prefix[m][None, :], y, num_bins)[0]
             cand = prefix[m][None, :] / (1.0 + np.exp(-z[m, k][None, :] / grid[:, None]))  # [G, n]
             eces = ece_grid(cand, y, num_bins)  # [G]
-            best = np.flatnonzero(eces <= eces.min() + 1e-12)
-            choice = best[np.argmin(closeness[best])]
+            if min(int(y.sum()), int((~y).sum())) >= min_events:
+                best = np.flatnonzero(eces <= eces.min() + 1e-12)
+                choice = best[np.argmin(closeness[best])]
+            else:
+                choice = int(np.argmin(closeness))  # T = 1
             temps[k], after[k] = grid[choice], eces[choice]
         prefix = prefix / (1.0 + np.exp(-z[:, k] / temps[k]))
     return STSFit(temps, before, after, observed.sum(0))
 
 
 def cross_fit_confidences(logits: np.ndarray, accepted: np.ndarray, verified: np.ndarray, groups: np.ndarray,
-                          folds: int = 2, grid: np.ndarray | None = None,
-                          num_bins: int = DEFAULT_NUM_BINS) -> tuple[np.ndarray, np.ndarray]:
+                          folds: int = 2, grid: np.ndarray | None = None, num_bins: int = DEFAULT_NUM_BINS,
+                          min_events: int = MIN_EVENTS) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold calibrated confidences: rounds are split by `groups` (e.g. request id) into `folds`
     parts; each part is calibrated with temperatures fitted on the others. Returns (confidences [N, γ],
     temperatures fitted on all rounds [γ]) so a report can show held-out numbers and the final fit.
@@ -107,7 +113,7 @@ def cross_fit_confidences(logits: np.ndarray, accepted: np.ndarray, verified: np
         if not test.any():
             continue
         train = ~test
-        temps = fit_sts(z[train], accepted[train], verified[train], grid, num_bins).temperatures if train.any() \
-            else np.ones(z.shape[1])
+        temps = fit_sts(z[train], accepted[train], verified[train], grid, num_bins, min_events).temperatures \
+            if train.any() else np.ones(z.shape[1])
         out[test] = apply_temperatures(z[test], temps)
-    return out, fit_sts(z, accepted, verified, grid, num_bins).temperatures
+    return out, fit_sts(z, accepted, verified, grid, num_bins, min_events).temperatures
