@@ -61,3 +61,8 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -
     flat = probs.reshape(-1, probs.shape[-1])
     ids = torch.multinomial(flat, 1, generator=generator).squeeze(-1)
     return ids.reshape(probs.shape[:-1])
+
+
+def draw(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample from processed `probs` (argmax when greedy: the one-hot law, without a random draw)."""
+    return probs.argmax(-1) if params.greedy else sample_from(probs, generator)

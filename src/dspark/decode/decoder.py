@@ -19,7 +19,7 @@ from dspark.decode.records import GenerationResult, RoundRecord
 from dspark.decode.target_runner import TargetRunner
 from dspark.drafters.base import ContextUpdate, Proposal
 from dspark.errors import ConfigError, DSparkError
-from dspark.sampling import SamplingParams, processed_probs, sample_from
+from dspark.sampling import SamplingParams, draw, processed_probs
 from dspark.verify import greedy_verify, rejection_sample
 
 # (proposal, remaining budget per row) -> verification lengths [R]; see `scheduling.plan_verify_lengths`
@@ -88,7 +88,7 @@ class SpeculativeDecoder:
         step = runner.prefill(prompts)
         last = torch.tensor([len(p) - 1 for p in prompts], device=device)
         first_logits = step.logits[torch.arange(rows, device=device), last]
-        anchors = sample_from(processed_probs(first_logits, params), gen)  # [R]
+        anchors = draw(processed_probs(first_logits, params), params, gen)  # [R]
         outputs: list[list[int]] = [[int(a)] for a in anchors.tolist()]
         rounds: list[list[RoundRecord]] = [[] for _ in range(rows)]
         reasons = ["eos" if int(a) in eos else ("length" if max_new_tokens == 1 else "") for a in anchors.tolist()]

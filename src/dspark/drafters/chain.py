@@ -22,7 +22,7 @@ from dspark.drafters.base import ContextUpdate, Proposal, copy_frozen_from_targe
 from dspark.drafters.config import DrafterConfig
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import RMSNorm, Rotary
-from dspark.sampling import SamplingParams, processed_probs, sample_from
+from dspark.sampling import SamplingParams, draw, processed_probs
 
 
 @dataclass
@@ -87,7 +87,7 @@ class ChainDrafter(nn.Module):
         ctx_mask = kv.valid_mask().unsqueeze(1)  # [R, 1, L]
         for j in range(self.config.num_drafts):
             p = processed_probs(self.lm_head(self.norm(feature[:, 0])), params)  # [R, V]
-            token = sample_from(p, generator)
+            token = draw(p, params, generator)
             ids.append(token)
             probs.append(p)
             if j + 1 == self.config.num_drafts:

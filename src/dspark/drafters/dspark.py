@@ -24,7 +24,7 @@ from dspark.drafters.config import DrafterConfig
 from dspark.drafters.heads import HEADS, ConfidenceHead, MarkovHead
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
-from dspark.sampling import SamplingParams, processed_probs, sample_from
+from dspark.sampling import SamplingParams, draw, processed_probs
 
 
 @dataclass
@@ -137,7 +137,7 @@ class DSparkDrafter(nn.Module):
         base = self.lm_head(hidden)  # [R, γ, V]
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
             probs = processed_probs(base, params)
-            return Proposal(sample_from(probs, generator), probs)
+            return Proposal(draw(probs, params, generator), probs)
         return self._sample_sequential(base, hidden, anchor_ids, params, generator)
 
     def _sample_sequential(self, base: torch.Tensor, hidden: torch.Tensor, anchor_ids: torch.Tensor,
@@ -146,19 +146,19 @@ class DSparkDrafter(nn.Module):
         prev, head_state = anchor_ids, None
         if self.markov_head is not None:
             head_state = self.markov_head.initial_state(anchor_ids.shape[0], hidden)
-        ids, probs, conf = [], [], []
+        ids, probs = [], []
         for k in range(base.shape[1]):
             logits = base[:, k]
             if self.markov_head is not None:
                 bias, head_state = self.markov_head.step(prev, hidden[:, k], head_state)
                 logits = logits + bias
-            if self.confidence_head is not None:
-                conf.append(self.confidence_logits(hidden[:, k], prev))
             p = processed_probs(logits, params)  # [R, V]
-            prev = sample_from(p, generator)
+            prev = draw(p, params, generator)
             ids.append(prev)
             probs.append(p)
+        draft_ids = torch.stack(ids, dim=1)  # [R, γ]
         confidence = None
-        if conf:
-            confidence = calibrated_confidence(torch.stack(conf, dim=1), self.calibration_temperatures)
-        return Proposal(torch.stack(ids, dim=1), torch.stack(probs, dim=1), confidence)
+        if self.confidence_head is not None:  # c_k depends on x_{k-1} only: one batched call after sampling
+            prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)
+            confidence = calibrated_confidence(self.confidence_logits(hidden, prev_ids), self.calibration_temperatures)
+        return Proposal(draft_ids, torch.stack(probs, dim=1), confidence)
