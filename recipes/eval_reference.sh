@@ -9,8 +9,8 @@ PY=${PYTHON:-python3}; OUT=${OUT:-runs/eval}; DEVICE=${DEVICE:-cuda}; TARGET=${T
 DATASETS=${DATASETS:-../shared/datasets}; DRAFTS=${DRAFTS:-.carry/ref/run1}
 SETS=${SETS:-"gsm8k math500 aime25 mbpp humaneval livecodebench mt-bench arena-hard-v2"}
 mkdir -p "$OUT"
-head -200 "$HELDOUT" > "$OUT/calib.jsonl"
-tail -n +201 "$HELDOUT" | head -300 > "$OUT/heldout-code.jsonl"
+sed -n 1,200p "$HELDOUT" > "$OUT/calib.jsonl"
+sed -n 201,500p "$HELDOUT" > "$OUT/heldout-code.jsonl"
 FILES=("$OUT/heldout-code.jsonl"); for s in $SETS; do FILES+=("$DATASETS/$s.jsonl"); done
 $PY -m dspark calibrate --target "$TARGET" --draft "$DRAFTS/dspark/lean-bf16" --data "$OUT/calib.jsonl" \
     --max-prompts 200 --max-new-tokens 128 --batch-size 200 --device "$DEVICE" --out "$OUT/dspark-cal" --overwrite
