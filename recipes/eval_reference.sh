@@ -14,7 +14,8 @@ sed -n 201,500p "$HELDOUT" > "$OUT/heldout-code.jsonl"
 FILES=("$OUT/heldout-code.jsonl"); for s in $SETS; do FILES+=("$DATASETS/$s.jsonl"); done
 $PY -m dspark calibrate --target "$TARGET" --draft "$DRAFTS/dspark/lean-bf16" --data "$OUT/calib.jsonl" \
     --max-prompts 200 --max-new-tokens 128 --batch-size 200 --device "$DEVICE" --out "$OUT/dspark-cal" --overwrite
-for spec in ${RUNS:-"dspark-cal:$OUT/dspark-cal dflash:$DRAFTS/dflash/lean-bf16 eagle3:$DRAFTS/eagle3/lean-bf16 mtp:$DRAFTS/mtp/lean-bf16"}; do
+RUNS=${RUNS:-"dspark-cal:$OUT/dspark-cal dflash:$DRAFTS/dflash/lean-bf16 eagle3:$DRAFTS/eagle3/lean-bf16 mtp:$DRAFTS/mtp/lean-bf16"}
+for spec in $RUNS; do
   name=${spec%%:*}; dir=${spec#*:}
   for T in ${TEMPS:-1.0}; do
     $PY -m dspark eval --target "$TARGET" --draft "$dir" --datasets "${FILES[@]}" --temperature "$T" \
