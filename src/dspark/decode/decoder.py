@@ -22,7 +22,7 @@ from dspark.errors import ConfigError, DSparkError
 from dspark.sampling import SamplingParams, draw, processed_probs
 from dspark.verify import greedy_verify, rejection_sample
 
-# (proposal, remaining budget per row) -> verification lengths [R]; see `scheduling.plan_verify_lengths`
+# proposal -> verification lengths [R] (e.g. `decode.policy_planner.PolicyPlanner`)
 LengthPlanner = Callable[[Proposal], torch.Tensor]
 
 
