@@ -28,10 +28,25 @@ def _chunk(rows_per_item: int, vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, rows_per_item * vocab))
 
 
-def _anchors(loss_mask: torch.Tensor, num_anchors: int, generator: torch.Generator | None
+def _anchors(batch: dict[str, torch.Tensor], num_anchors: int, generator: torch.Generator | None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchors drawn on the CPU generator (same draw on any device), then moved to the batch's device."""
-    anchors, keep = sample_anchors(loss_mask.cpu(), num_anchors, generator)
+    """Anchors drawn on the CPU (same draw on any device), then moved to the batch's device.
+
+    With `anchor_seeds [B]` in the batch (the trainer sets them), each row draws from its own seed over
+    its own length, so a sample's anchors do not depend on the micro-batch, rank or padding it lands in:
+    data parallelism and gradient accumulation then train on exactly the blocks one big batch would.
+    """
+    loss_mask = batch["loss_mask"]
+    seeds = batch.get("anchor_seeds")
+    if seeds is None:
+        anchors, keep = sample_anchors(loss_mask.cpu(), num_anchors, generator)
+    else:
+        rows = []
+        for row, seed in zip(loss_mask.cpu(), seeds.tolist()):
+            used = row.nonzero()
+            length = int(used[-1]) + 1 if len(used) else 1  # padding past the last response token is never an anchor
+            rows.append(sample_anchors(row[None, :length], num_anchors, torch.Generator().manual_seed(int(seed))))
+        anchors, keep = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
     return anchors.to(loss_mask.device), keep.to(loss_mask.device)
 
 
@@ -58,7 +73,7 @@ def block_objective(drafter: Any, batch: dict[str, torch.Tensor], generator: tor
         weights = LossWeights(ce=1.0, tv=0.0, conf=0.0, slot_decay=weights.slot_decay)
     ids, loss_mask = batch["input_ids"], batch["loss_mask"]
     b, s = ids.shape
-    anchors, keep = _anchors(loss_mask, cfg.num_anchors, generator)
+    anchors, keep = _anchors(batch, cfg.num_anchors, generator)
     layout = block_layout(ids, loss_mask, anchors, keep, cfg.block_size, cfg.mask_token_id)
     ctx_pos = torch.arange(s, device=ids.device).unsqueeze(0).expand(b, -1)
     ctx_kv = drafter.context_kv(batch["context_features"], ctx_pos)
@@ -87,7 +102,7 @@ def block_weight(drafter: Any, batch: dict[str, torch.Tensor], generator: torch.
                  weights: LossWeights) -> torch.Tensor:
     """Σ of slot weights over supervised slots: the normaliser, known before any forward."""
     cfg = drafter.config
-    anchors, keep = _anchors(batch["loss_mask"], cfg.num_anchors, generator)
+    anchors, keep = _anchors(batch, cfg.num_anchors, generator)
     layout = block_layout(batch["input_ids"], batch["loss_mask"], anchors, keep, cfg.block_size, cfg.mask_token_id)
     return (slot_weights(cfg.block_size, weights.slot_decay, keep.device) * layout.slot_mask.float()).sum()
 

@@ -1,12 +1,14 @@
 """`Trainer`: one loop for every drafter method, on CPU, one GPU or many (torchrun: DDP or FSDP).
 
 Per optimizer step: the step's samples come from `stream.step_indices` (a pure function of seed and
-step); features come from a target cache or are computed online by the frozen target; the objective of
-the method gives weighted loss sums; each micro-batch's loss is divided by the GLOBAL weight of
-supervised slots (summed over accumulation and ranks before any forward), so the gradient equals that
-of one big batch. AdamW, linear warm-up then cosine to 0, gradient clipping, bf16 autocast on CUDA with
-fp32 master weights. Checkpoints (DeepSpec format + trainer state) are atomic; a restarted run resumes
-from the newest one and continues exactly (bit-identical on CPU).
+step), and each sample's anchors from a seed of its slot in the global batch (so the blocks trained on do
+not depend on world size or micro-batching); features come from a target cache or are computed online
+by the frozen target; the objective of the method gives weighted loss sums; each micro-batch's loss is
+divided by the GLOBAL weight of supervised slots (summed over accumulation and ranks before any
+forward), so the gradient equals that of one big batch. AdamW, linear warm-up then cosine to 0,
+gradient clipping, bf16 autocast on CUDA with fp32 master weights. Checkpoints (DeepSpec format +
+trainer state) are atomic and hold full weights and optimizer state also under FSDP (gathered to rank
+0); a restarted run resumes from the newest one and continues exactly (bit-identical on CPU).
 """
 
 from __future__ import annotations
@@ -97,7 +99,14 @@ class Trainer:
         if len(self.train_set) == 0:
             raise ConfigError("no training samples left after filtering and the eval split")
         self.weights = LossWeights(cfg.loss_ce, cfg.loss_tv, cfg.loss_conf, cfg.slot_decay)
+        self.out = Path(cfg.output_dir)
+        self.resume_from = latest_checkpoint(self.out)
+        if self.resume_from is not None:  # weights before wrapping: FSDP shards the parameters in place
+            from dspark.formats.io import load_weights
+
+            self.drafter.load_state_dict(load_weights(self.resume_from), strict=True)
         self.module: nn.Module = ObjectiveModule(self.drafter, cfg.method, self.weights)
+        self.fsdp = cfg.fsdp and self.dist.world > 1
         if self.dist.world > 1:
             self.module = self._wrap_parallel(self.module)
         params = [p for p in self.drafter.parameters() if p.requires_grad]
@@ -106,7 +115,6 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, cfg.warmup_ratio))
         self.step = 0
-        self.out = Path(cfg.output_dir)
         self._resume()
 
     # -- setup ------------------------------------------------------------------------------------
@@ -129,25 +137,53 @@ class Trainer:
 
     def _wrap_parallel(self, module: nn.Module) -> nn.Module:
         if self.cfg.fsdp:
+            from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            return FSDP(module, use_orig_params=True, device_id=self.device if self.device.type == "cuda" else None)
+            # device_id also on CPU: FSDP then runs on Gloo instead of refusing a machine with no accelerator
+            wrapped = FSDP(module, use_orig_params=True, device_id=self.device)
+            # Full optimizer state for checkpoints. On CPU, "offload" would be a no-op `.cpu()` that leaves every
+            # state (exp_avg, exp_avg_sq) a view of one reused gather buffer, so all would hold the last one.
+            FSDP.set_state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(),
+                                     FullOptimStateDictConfig(offload_to_cpu=self.device.type != "cpu"))
+            return wrapped
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                    find_unused_parameters=False)
 
+    def _full_params(self) -> Any:
+        """Context in which `self.drafter` holds its full parameters on every rank (collective under FSDP)."""
+        if not self.fsdp:
+            return _null()
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.summon_full_params(self.module, writeback=False)
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's full state (FSDP: gathered from the shards, keyed by parameter name; collective)."""
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.optim_state_dict(self.module, self.optimizer)
+
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out)
+        ckpt = self.resume_from
         if ckpt is None:
             return
-        from dspark.formats.io import load_weights
-
         state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
         if state["config"]["method"] != self.cfg.method:
             raise ConfigError(f"{ckpt} was trained with method {state['config']['method']!r}, not {self.cfg.method!r}")
-        self.drafter.load_state_dict(load_weights(ckpt), strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if bool(state.get("fsdp", False)) != self.fsdp:
+            raise ConfigError(f"{ckpt} holds {'FSDP' if state.get('fsdp') else 'plain'} optimizer state; resume it "
+                              f"with fsdp={str(bool(state.get('fsdp'))).lower()} under the same launcher")
+        optim = state["optimizer"]
+        if self.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            optim = FSDP.optim_state_dict_to_load(self.module, self.optimizer, optim)
+        self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         metrics = self.out / "metrics.jsonl"
@@ -157,10 +193,13 @@ class Trainer:
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # -- data -------------------------------------------------------------------------------------
-    def _batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def _batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """(dataset index, anchor seed) pairs -> a device batch with `anchor_seeds [B]` and features."""
         from dspark.train.data import collate_padded
 
-        return self._with_features(collate_padded([self.train_set.dataset[i] for i in indices]))
+        batch = collate_padded([self.train_set.dataset[i] for i, _ in items])
+        batch["anchor_seeds"] = torch.tensor([seed for _, seed in items], dtype=torch.long)
+        return self._with_features(batch)
 
     def _with_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Move to the device; online mode: the frozen target computes the features now, rounded like the cache."""
@@ -174,11 +213,15 @@ class Trainer:
             batch["last_hidden"] = feats.last_hidden.to(dtype).float()
         return batch
 
-    def _micro_batches(self, step: int) -> list[list[int]]:
-        local = step_indices(len(self.train_set), self.cfg.seed, step, self.cfg.global_batch, self.dist.rank, self.dist.world)
-        local = [self.train_set.indices[i] for i in local]
-        mb = self.cfg.micro_batch
-        return [local[i: i + mb] for i in range(0, len(local), mb)]
+    def _micro_batches(self, step: int) -> list[list[tuple[int, int]]]:
+        """This rank's micro-batches of (dataset index, anchor seed). The seed follows the sample's slot in
+        the global batch, not the rank or micro-batch, so any world size / micro_batch draws the same anchors."""
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
+        local = step_indices(len(self.train_set), cfg.seed, step, cfg.global_batch, rank, world)
+        slots = range(rank, cfg.global_batch, world)  # the positions step_indices walked, within this step
+        items = [(self.train_set.indices[i], micro_seed(cfg.seed, step, 0, slot)) for i, slot in zip(local, slots)]
+        mb = cfg.micro_batch
+        return [items[i: i + mb] for i in range(0, len(items), mb)]
 
     # -- loop -------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -199,7 +242,10 @@ class Trainer:
                 (out["loss"] * scale).backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.drafter.parameters() if p.requires_grad], cfg.grad_clip)
+        if self.fsdp:  # each rank holds a shard of the gradients: FSDP's clip reduces the norm across ranks
+            grad_norm = self.module.clip_grad_norm_(cfg.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.drafter.parameters() if p.requires_grad], cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,12 +262,15 @@ class Trainer:
 
         objective = OBJECTIVES[self.cfg.method][0]
         data = self.eval_set if len(self.eval_set) else self.train_set
-        for i in range(self.dist.rank, min(len(data), self.cfg.max_eval_samples), self.dist.world):
-            batch = self._with_features(collate_padded([data[i]]))
-            out = objective(self.drafter, batch, torch.Generator().manual_seed(i), self.weights)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0) + v.detach().float()
-        for k in sums:
+        n = min(len(data), self.cfg.max_eval_samples)
+        mine = list(range(self.dist.rank, n, self.dist.world))
+        with self._full_params():
+            for i in mine or [0]:  # a rank with no sample of its own adds zeros, so all ranks reduce the same keys
+                batch = self._with_features(collate_padded([data[i]]))
+                out = objective(self.drafter, batch, torch.Generator().manual_seed(i), self.weights)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float() * (1.0 if mine else 0.0)
+        for k in sorted(sums):
             sums[k] = all_reduce_sum(torch.as_tensor(sums[k], device=self.device).clone(), self.dist)
         cond = (sums["accept"] / sums["count"].clamp_min(1)).tolist()
         uncond = [math.prod(cond[: j + 1]) for j in range(len(cond))]
@@ -229,12 +278,17 @@ class Trainer:
                 "accept_unconditional": uncond, "tau_estimate": 1.0 + sum(uncond)}
 
     def save(self) -> Path | None:
+        """Checkpoint on rank 0 (every rank must call: under FSDP gathering the full state is collective)."""
         barrier(self.dist)
-        if not self.dist.is_main:
-            return None
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "config": self.cfg.to_dict()}
-        return save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints)
+        optim = self._optimizer_state()
+        path = None
+        with self._full_params():
+            if self.dist.is_main:
+                state = {"step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                         "config": self.cfg.to_dict(), "fsdp": self.fsdp}
+                path = save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints)
+        barrier(self.dist)
+        return path
 
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
         """Train to `total_steps` (or stop early at `stop_at`, as a killed run would, keeping the schedule)."""
@@ -267,8 +321,10 @@ class Trainer:
                             writer.add_scalar(k, v, self.step)
             last = record
         bar.close()
-        if self.dist.is_main and self.step == self.total_steps:
-            save_drafter(self.drafter, self.out / "final", overwrite=True)
+        if self.step == self.total_steps:
+            with self._full_params():
+                if self.dist.is_main:
+                    save_drafter(self.drafter, self.out / "final", overwrite=True)
         if self.dist.is_main:
             metrics_file.close()
             if writer is not None:
