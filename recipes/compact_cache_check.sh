@@ -10,14 +10,14 @@ mkdir -p "$OUT"
 sed -n "1,${SAMPLES:-8000}p" "$DATA" > "$OUT/data.jsonl"
 for fmt in standard compact; do
   $PY -m dspark cache build --target "$TARGET" --data "$OUT/data.jsonl" --output "$OUT/cache-$fmt" \
-      --target-layer-ids 0,2,4 --format $fmt --max-length 256 --batch-size 256
+      --target-layer-ids 0 2 4 --format $fmt --max-length 256 --batch-size 256 --device ${DEVICE:-cuda}
   $PY -m dspark cache info "$OUT/cache-$fmt" | tail -3
 done
 DRAFTS=()
 for seed in ${SEEDS:-0 1}; do
   for fmt in standard compact; do
     $PY -m dspark train --config configs/reference/tiny-dspark.toml --set target="$TARGET" --set cache="$OUT/cache-$fmt" \
-        --set output_dir="$OUT/train-$fmt-s$seed" --set seed=$seed --set tensorboard=false | tail -1
+        --set output_dir="$OUT/train-$fmt-s$seed" --set seed=$seed --set tensorboard=false ${EXTRA_SET:-} | tail -1
     DRAFTS+=("$fmt-s$seed=$OUT/train-$fmt-s$seed/final")
   done
 done
