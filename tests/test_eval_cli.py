@@ -146,3 +146,14 @@ def test_multi_turn_history_on_the_embedded_target():
     tr = run.trace
     assert sorted(set(tr.turn.tolist())) == [0, 1]
     np.testing.assert_array_equal(tr.round_index, np.arange(len(tr)))
+
+
+def test_eval_with_a_scheduling_policy(qwen3_target, drafts, prompts_file, tmp_path, capsys):
+    from dspark.scheduling import SPSTable
+
+    SPSTable([1, 2, 4, 8, 16, 32], [1.0, 0.9, 0.8, 0.6, 0.4, 0.2]).save(tmp_path / "sps.json")
+    assert _eval(qwen3_target, drafts["dspark"], prompts_file, "--policy", "dspark", "--sps", str(tmp_path / "sps.json")) == 0
+    out = _json_line(capsys)
+    assert out["policy"] == "dspark" and out["macro_tau"] >= 1.0
+    assert _eval(qwen3_target, drafts["dspark"], prompts_file, "--policy", "dspark") == 2  # no SPS table
+    assert "SPS" in capsys.readouterr().err

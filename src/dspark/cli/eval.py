@@ -46,7 +46,7 @@ def decode_settings(args: argparse.Namespace, verify_len: int | None = None):
         raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     return DecodeSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           top_k=args.top_k, verify_len=verify_len, batch_size=args.batch_size, seed=args.seed,
-                          max_turns=args.max_turns)
+                          max_turns=args.max_turns, policy=getattr(args, "policy", None), sps=getattr(args, "sps", None))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="NAME|FILE",
                         help="shared prompt-set names (gsm8k, humaneval, mt-bench, ...) or JSONL files (default: all shared sets)")
     parser.add_argument("--verify-len", type=int, default=None, help="drafts verified per round (default: all γ)")
+    parser.add_argument("--policy", default=None, help="verification-length policy: none, fixed:K, mtp1, threshold:T, dspark, dspark-async")
+    parser.add_argument("--sps", default=None, help="SPS table JSON (for --policy dspark / dspark-async)")
     parser.add_argument("--thresholds", nargs="+", type=float, default=None,
                         help="confidence thresholds of the sweep (default: 0 0.1 ... 0.9)")
     add_decode_arguments(parser, max_prompts=100)
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(runs, stored, thresholds, args.num_bins)
     summary = report.summary
     summary = {"target": str(target.path), "draft": args.draft or str(DEFAULT_DRAFT), "method": drafter.config.method,
-               "temperature": args.temperature, "verify_len": args.verify_len or summary["num_slots"],
+               "temperature": args.temperature, "verify_len": args.verify_len or summary["num_slots"], "policy": args.policy,
                "max_new_tokens": args.max_new_tokens, **summary}
     report.summary = summary
     if args.out:

@@ -63,6 +63,8 @@ class DecodeSettings:
     batch_size: int = 32
     seed: int = 0
     max_turns: int | None = None  # answer at most this many user turns per request (None: all)
+    policy: str | None = None  # verification-length policy (dspark.decode.policy_planner), None: fixed
+    sps: str | None = None  # SPS table JSON for the policies that need one
 
 
 @dataclass
@@ -216,7 +218,7 @@ def run_prompt_set(decoder: Any, prompt_set: PromptSet, conversations: Sequence[
             out = decoder.generate([ids for _, ids in batch], max_new_tokens=settings.max_new_tokens,
                                    temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
                                    seed=settings.seed + batch_no, eos_token_id=stop_ids or None,
-                                   verify_len=settings.verify_len)
+                                   verify_len=settings.verify_len, planner=_planner(settings))
             batch_no += 1
             for (i, _), res in zip(batch, out):
                 results.append(res)
@@ -235,6 +237,15 @@ def run_prompt_set(decoder: Any, prompt_set: PromptSet, conversations: Sequence[
     log.info("%s: %d prompts, %d rounds, %d tokens in %.1fs", prompt_set.name, run.num_prompts, len(trace),
              num_generated, run.wall_s)
     return run
+
+
+def _planner(settings: DecodeSettings):
+    """A fresh policy planner per decoded batch (its stale-survival history belongs to that batch)."""
+    if settings.policy is None:
+        return None
+    from dspark.decode.policy_planner import planner_from_args
+
+    return planner_from_args(settings.policy, settings.sps)
 
 
 def run_prompt_sets(target: Any, drafter: Any, prompt_sets: Sequence[PromptSet], settings: DecodeSettings,
