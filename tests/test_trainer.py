@@ -128,6 +128,11 @@ def test_bad_training_configs(tmp_path, setup):
         load_train_config(str(tmp_path / "none.toml"))
     with pytest.raises(ConfigError, match="method"):
         load_train_config(None, ["method=medusa"])
+    with pytest.raises(ConfigError, match="'lr' expects float"):
+        load_train_config(None, ["lr=abc"])
+    with pytest.raises(ConfigError, match="'max_steps'"):
+        load_train_config(None, ["max_steps=1.5"])
+    assert load_train_config(None, ["data=a.jsonl", "max_steps=null", "target_layer_ids=[1,2]", "lr=1"]).lr == 1
     cfg = small_config(tdir, data, tmp_path / "o")
     cfg.data = []
     with pytest.raises(ConfigError, match="data"):

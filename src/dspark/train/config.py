@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,33 @@ def load_train_config(path: str | None = None, overrides: list[str] | None = Non
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown training config key(s) {unknown}; known keys: {sorted(known)}")
+    for key, value in values.items():
+        _check_type(key, value)
     try:
         return TrainConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"bad training config: {exc}") from exc
+
+
+def _check_type(key: str, value: Any) -> None:
+    """Reject values of the wrong type with a message naming the key (`lr = "abc"`, `epochs = [1]`)."""
+    kind = typing.get_type_hints(TrainConfig)[key]
+    hint = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+    if value is None and "None" in hint:
+        return
+    if "list" in hint:
+        ok = isinstance(value, list) and all(isinstance(v, int if "int" in hint else str) and not isinstance(v, bool) for v in value)
+        ok = ok or ("str" in hint and isinstance(value, str))
+    elif "bool" in hint:
+        ok = isinstance(value, bool)
+    elif "float" in hint:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif "int" in hint:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"training config key {key!r} expects {hint}, got {value!r}")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
