@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     stats = summarize([result], drafter.config.num_drafts if drafter is not None else 0)
     text = target.tokenizer.decode(result.token_ids) if target.tokenizer is not None else None
     out = {
-        "text": text, "token_ids": result.token_ids, "rounds": len(result.rounds), "tau": stats["tau"],
+        "text": text, "token_ids": result.token_ids, "rounds": len(result.rounds),
+        "tau": stats["tau"] if stats["tau"] is not None else 1.0,  # no round: only the prefill token
         "accept_lengths": [r.accepted for r in result.rounds],
         "accept_rate_conditional": stats["accept_rate_conditional"],
         "tokens_per_s": len(result.token_ids) / spec_time, "baseline_tokens_per_s": len(base.token_ids) / base_time,

@@ -32,19 +32,12 @@ class GenerationResult:
 
 
 def summarize(results: list[GenerationResult], num_slots: int) -> dict:
-    """τ over all rounds of all rows; per-slot unconditional and conditional acceptance."""
+    """τ over all rounds of all rows, per-slot conditional and unconditional acceptance (SPEC §4).
+
+    The definitions live in `dspark.eval.metrics` (pure, tested on hand-made traces); τ is None
+    without rounds.
+    """
+    from dspark.eval.metrics import acceptance_summary
+
     rounds = [r for res in results for r in res.rounds]
-    tau = sum(r.accepted + 1 for r in rounds) / max(1, len(rounds))
-    survived = [0] * num_slots  # rounds where slot k (0-based) was verified and accepted
-    reached = [0] * num_slots  # rounds where slot k was verified and all before it accepted
-    for r in rounds:
-        for k in range(min(r.verified, num_slots)):
-            reached[k] += int(k <= r.accepted)
-            survived[k] += int(k < r.accepted)
-    verified_rounds = [sum(1 for r in rounds if r.verified > k) for k in range(num_slots)]
-    return {
-        "tau": tau,
-        "num_rounds": len(rounds),
-        "accept_rate_unconditional": [survived[k] / verified_rounds[k] if verified_rounds[k] else None for k in range(num_slots)],
-        "accept_rate_conditional": [survived[k] / reached[k] if reached[k] else None for k in range(num_slots)],
-    }
+    return acceptance_summary([r.accepted for r in rounds], [r.verified for r in rounds], num_slots)
