@@ -6,7 +6,8 @@
 #
 # Uses the GPU when torch sees one, else the CPU (slow: fine for a smoke run with STEPS=20).
 # Environment overrides: RUNS (default runs/reference), CORPUS, TOKENIZER, OUT, VOCAB (8192),
-# STEPS, TIME_BUDGET (seconds), DEVICE (auto). An existing corpus or tokenizer is reused, so the
+# STEPS, TIME_BUDGET (seconds), DEVICE (auto), PRETRAIN_ARGS (more `dspark pretrain` flags, e.g.
+# "--batch-size 2 --seq-len 128" for a smoke run). An existing corpus or tokenizer is reused, so the
 # tiny and small targets share one tokenizer; delete the directory to rebuild it.
 set -euo pipefail
 
@@ -39,6 +40,7 @@ echo "== pretrain $PRESET -> $OUT"
 EXTRA=()
 [ -n "${STEPS:-}" ] && EXTRA+=(--steps "$STEPS")
 [ -n "${TIME_BUDGET:-}" ] && EXTRA+=(--time-budget "$TIME_BUDGET")
+read -ra MORE <<<"${PRETRAIN_ARGS:-}"; EXTRA+=("${MORE[@]}")
 "${DSPARK[@]}" -v pretrain --preset "$PRESET" --corpus "$CORPUS" --tokenizer "$TOKENIZER" --out "$OUT" \
     --device "$DEVICE" --cache-dir "$RUNS/token-cache" "${EXTRA[@]}"
 du -sh "$OUT"

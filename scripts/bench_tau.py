@@ -4,6 +4,8 @@
 
 Prints a table, then one JSON line. Prompts: JSONL with {"input_ids": [...]} (or {"turns": [...]}
 with a tokenizer). Fixed-length verification (all γ drafts), chain drafting, as SPEC §4 defines τ.
+`--plain` also times plain decoding (no drafter) of the same prompts in the same run, so the wall
+times of each drafter can be read as a ratio (`seconds` per row; eager PyTorch, no CUDA graphs).
 """
 
 from __future__ import annotations
@@ -29,30 +31,41 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--plain", action="store_true", help="also time plain decoding (no speculation)")
     a = p.parse_args()
     target = load_target(a.target, device=a.device)
     lines = [json.loads(x) for x in Path(a.prompts).read_text().splitlines() if x.strip()][: a.max_prompts]
     prompts = [x["input_ids"] for x in lines]
     eos = target.token_id("eos_token_id")
     rows = []
-    for spec in a.drafts:
-        name, path = spec.split("=", 1)
-        drafter = load_drafter(path, target=target, device=a.device, dtype="float32")
+    specs = [spec.split("=", 1) for spec in a.drafts] + ([("plain", "")] if a.plain else [])
+    for name, path in specs:
+        drafter = load_drafter(path, target=target, device=a.device, dtype="float32") if path else None
         dec = SpeculativeDecoder(target, drafter)
+        dec.generate(prompts[:2], 4, seed=0)  # one-time costs (kernels, allocator) out of the timings
         for temp in a.temperature:
+            if a.device.startswith("cuda"):
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             results = []
             for i in range(0, len(prompts), a.batch_size):
                 results += dec.generate(prompts[i: i + a.batch_size], a.max_new_tokens, temperature=temp, seed=0,
-                                        eos_token_id=eos)
+                                        eos_token_id=eos, speculative=drafter is not None)
+            seconds = time.perf_counter() - t0
+            new_tokens = sum(len(r.token_ids) for r in results)
+            timing = {"seconds": seconds, "new_tokens": new_tokens, "tokens_per_s": new_tokens / seconds}
+            if drafter is None:
+                rows.append({"drafter": name, "temperature": temp, "tau": 1.0, "rounds": new_tokens,
+                             "accept_conditional": [], "accept_unconditional": [], **timing})
+                continue
             s = summarize(results, drafter.config.num_drafts)
             rows.append({"drafter": name, "temperature": temp, "tau": s["tau"], "rounds": s["num_rounds"],
                          "accept_conditional": s["accept_rate_conditional"],
-                         "accept_unconditional": s["accept_rate_unconditional"], "seconds": time.perf_counter() - t0})
-    print(f"{'drafter':<14}{'T':>5}{'tau':>7}  conditional acceptance per slot")
+                         "accept_unconditional": s["accept_rate_unconditional"], **timing})
+    print(f"{'drafter':<14}{'T':>5}{'tau':>7}{'seconds':>9}{'tok/s':>9}  conditional acceptance per slot")
     for r in rows:
         acc = " ".join("  -  " if x is None else f"{x:.3f}" for x in r["accept_conditional"])
-        print(f"{r['drafter']:<14}{r['temperature']:>5.1f}{r['tau']:>7.3f}  {acc}")
+        print(f"{r['drafter']:<14}{r['temperature']:>5.1f}{r['tau']:>7.3f}{r['seconds']:>9.1f}{r['tokens_per_s']:>9.0f}  {acc}")
     print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens, "device": a.device, "results": rows}))
 
 
