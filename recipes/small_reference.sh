@@ -11,7 +11,8 @@
 #   DATASETS=../shared/datasets RUNS=runs/small bash recipes/small_reference.sh
 #
 # Environment: TIME_BUDGET (pretraining seconds; the preset's 780 by default), PARALLEL (trainings at
-# once, 5), SWEEP (METHOD:γ list; empty to skip), STAGES (subset of "target drafters timing eval").
+# once, 5), EVAL_PARALLEL (evaluations at once, 4), SWEEP (METHOD:γ list; empty to skip), METHODS
+# (drafters to train, all five by default), MAX_PROMPTS (per benchmark set, 100), STAGES (subset of "target drafters timing eval").
 # Each stage is skipped when its output exists, so a rerun resumes after the last finished stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +40,13 @@ if stage timing && [ ! -f "$R/timing.txt" ]; then
 fi
 if stage eval; then
   stamp "eval + sweep"
-  ( DATA=$DR/continuations.jsonl PRESET=small TARGET=$TARGET OUT=$R/sweep PARALLEL=${PARALLEL:-5} RUNS="$SWEEP" \
+  [ -n "$SWEEP" ] && ( DATA=$DR/continuations.jsonl PRESET=small TARGET=$TARGET OUT=$R/sweep PARALLEL=${PARALLEL:-5} RUNS="$SWEEP" \
     EXTRA_DRAFTS="dspark-g7=$DR/dspark/lean-bf16 dflash-g7=$DR/dflash/lean-bf16 dspark-rnn-g7=$DR/dspark-rnn/lean-bf16" \
     bash recipes/gamma_sweep.sh > "$R/sweep.log" 2>&1; echo "sweep rc=$?" ) &
   RUNS_EVAL="dspark-cal:$R/eval/dspark-cal dflash:$DR/dflash/lean-bf16 eagle3:$DR/eagle3/lean-bf16 mtp:$DR/mtp/lean-bf16"
-  TARGET=$TARGET DRAFTS=$DR OUT=$R/eval TEMPS="1.0 0.0" PARALLEL=4 RUNS="$RUNS_EVAL" bash recipes/eval_reference.sh
+  TARGET=$TARGET DRAFTS=$DR OUT=$R/eval TEMPS="1.0 0.0" PARALLEL=${EVAL_PARALLEL:-4} RUNS="$RUNS_EVAL" \
+      bash recipes/eval_reference.sh
   wait
-  tail -n 25 "$R/sweep.log"
+  [ -n "$SWEEP" ] && tail -n 25 "$R/sweep.log"
 fi
 stamp "finished"
