@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from dspark.errors import DataError
 from dspark.reference.corpus import read_documents
 from dspark.train.continuations import prompt_windows
 
@@ -49,9 +50,14 @@ def main() -> None:
     p.add_argument("--heldout-files", type=int, default=1_000)
     p.add_argument("--test-windows", type=int, default=1_000)
     a = p.parse_args()
+    if not (a.tokenizer / "tokenizer.json").is_file():
+        raise SystemExit(f"error: {a.tokenizer}/tokenizer.json not found (--tokenizer takes a model or tokenizer directory)")
     tokenizer = Tokenizer.from_file(str(a.tokenizer / "tokenizer.json"))
+    try:
+        train = encode_split(a.corpus, tokenizer, "train")
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
     a.out.mkdir(parents=True, exist_ok=True)
-    train = encode_split(a.corpus, tokenizer, "train")
     random.Random(0).shuffle(train)
     first, rest = train[: a.train_files], train[a.train_files: a.train_files + a.heldout_files]
     n = a.prompt_tokens
