@@ -4,7 +4,8 @@
 #   DATA=continuations.jsonl HELDOUT=prompts_heldout.jsonl OUT=runs/ablation PARALLEL=4 \
 #   RUNS="base:dspark: dense:dspark:num_anchors=160 ce:dspark:loss_ce=1.0,loss_tv=0.0" \
 #   bash recipes/train_variants.sh
-# RUNS entries are NAME:METHOD:KEY=VALUE,KEY=VALUE (configs/reference/$PRESET-METHOD.toml + overrides).
+# RUNS entries are NAME:METHOD:KEY=VALUE,KEY=VALUE (configs/reference/$PRESET-METHOD.toml + overrides);
+# EXTRA_SET adds `--set` flags to every run, EXTRA_DRAFTS (NAME=DIR ...) more drafters to the measurement.
 # The slot-1 ablation of docs/benchmarks/quality.md is the default RUNS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ for spec in $RUNS; do
   IFS=: read -r name m sets <<<"$spec"
   ARGS=(); IFS=, read -ra kvs <<<"$sets"; for kv in "${kvs[@]}"; do [ -n "$kv" ] && ARGS+=(--set "$kv"); done
   job "$OUT/$name.log" $PY -m dspark train --config configs/reference/$PRESET-$m.toml --set target="$TARGET" \
-      --set data="[\"$DATA\"]" --set output_dir="$OUT/$name" --set tensorboard=false "${ARGS[@]}"
+      --set data="[\"$DATA\"]" --set output_dir="$OUT/$name" --set tensorboard=false "${ARGS[@]}" ${EXTRA_SET:-}
   DRAFTS+=("$name=$OUT/$name/final")
 done
 jobs_wait || echo "some runs failed: measuring the others"
