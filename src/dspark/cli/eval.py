@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", nargs="+", default=None, metavar="NAME|FILE",
                         help="shared prompt-set names (gsm8k, humaneval, mt-bench, ...) or JSONL files (default: all shared sets)")
     parser.add_argument("--verify-len", type=int, default=None, help="drafts verified per round (default: all γ)")
-    parser.add_argument("--policy", default=None, help="verification-length policy: none, fixed:K, mtp1, threshold:T, dspark, dspark-async")
-    parser.add_argument("--sps", default=None, help="SPS table JSON (for --policy dspark / dspark-async)")
+    parser.add_argument("--policy", default=None, help="verification-length policy: none, fixed:K, mtp1, threshold:T, dspark, dspark-async; POLICY+gate skips drafting when it does not pay")
+    parser.add_argument("--sps", default=None, help="SPS table JSON (for --policy dspark / dspark-async / POLICY+gate)")
     parser.add_argument("--thresholds", nargs="+", type=float, default=None,
                         help="confidence thresholds of the sweep (default: 0 0.1 ... 0.9)")
     add_decode_arguments(parser, max_prompts=100)

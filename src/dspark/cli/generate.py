@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify-len", type=int, default=None, help="drafts verified per round (default: all)")
     parser.add_argument("--threshold", type=float, default=0.0, help="verify up to the first slot with confidence < T")
     parser.add_argument("--policy", default=None, help="verification-length policy (see `dspark simulate --help`)")
-    parser.add_argument("--sps", default=None, help="SPS table JSON for --policy dspark / dspark-async")
+    parser.add_argument("--sps", default=None, help="SPS table JSON for --policy dspark / dspark-async / POLICY+gate")
     parser.add_argument("--no-spec", action="store_true", help="plain target decoding only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 

@@ -10,6 +10,8 @@ Costs come from a profiled table (``--sps FILE``, see `dspark.scheduling.sps_tab
 estimate (``--roofline MODEL``). With a roofline, ``none`` pays no draft cost, ``mtp1`` pays an MTP-1
 module's (one layer, one slot) and every other policy pays the DSpark drafter's (``--drafter-layers``
 target-width layers over γ slots); ``--policy-sps POLICY=FILE`` gives any policy its own table.
+``POLICY+gate`` (e.g. ``dspark+gate``) adds the draft gate: rounds where drafting does not pay for its
+cost run plain (the ``drafted`` column is the fraction of decoding rounds that ran the drafter).
 """
 
 from __future__ import annotations
@@ -115,15 +117,16 @@ def _tables(args: argparse.Namespace, policies: list[str], context_len: int, gam
     tables = {}
     for p in policies:
         name = str(parse_policy(p))
-        key = "none" if name == "fixed:0" or p.strip() == "none" else "mtp1" if p.strip() == "mtp1" else "drafter"
+        raw = p.strip().lower().removesuffix("+gate")
+        key = "none" if name == "fixed:0" or raw == "none" else "mtp1" if raw == "mtp1" else "drafter"
         tables[p] = overrides.get(name, built[key])
     return tables, built["drafter"].meta
 
 
 def _row(r: SimResult) -> str:
     return (
-        f"{r.policy:<14}{r.load:<18}{r.per_user_mean:>10.1f}{r.throughput:>11.0f}{r.mean_budget:>8.2f}"
-        f"{r.mean_committed:>7.2f}{r.ttft['p50'] * 1e3:>10.1f}{r.tpot['p50'] * 1e3:>10.2f}{r.tpot['p99'] * 1e3:>10.2f}"
+        f"{r.policy:<18}{r.load:<18}{r.per_user_mean:>10.1f}{r.throughput:>11.0f}{r.mean_budget:>8.2f}"
+        f"{r.mean_committed:>7.2f}{r.drafted_rounds / max(r.rounds, 1):>8.2f}{r.ttft['p50'] * 1e3:>10.1f}{r.tpot['p50'] * 1e3:>10.2f}{r.tpot['p99'] * 1e3:>10.2f}"
     )
 
 
@@ -159,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
     title = f"{acceptance.name}, {args.roofline or Path(args.sps).name}, ctx {context_len}"
     print(f"SIMULATED serving ({title}); illustrative numbers from a model, not measurements")
-    print(f"{'policy':<14}{'load':<18}{'tok/s/user':>10}{'tok/s/GPU':>11}{'budget':>8}{'tau':>7}{'TTFT p50':>10}{'TPOT p50':>10}{'TPOT p99':>10}")
-    print(f"{'':<14}{'':<18}{'':>10}{'':>11}{'':>8}{'':>7}{'ms':>10}{'ms':>10}{'ms':>10}")
+    print(f"{'policy':<18}{'load':<18}{'tok/s/user':>10}{'tok/s/GPU':>11}{'budget':>8}{'tau':>7}{'drafted':>8}{'TTFT p50':>10}{'TPOT p50':>10}{'TPOT p99':>10}")
+    print(f"{'':<18}{'':<18}{'':>10}{'':>11}{'':>8}{'':>7}{'':>8}{'ms':>10}{'ms':>10}{'ms':>10}")
     for r in results:
         print(_row(r))
     for row in sla:
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         "prefill": args.prefill,
         "seed": args.seed,
         "rows": [
-            {"policy": r.policy, "load": r.load, "tok_s_user": round(r.per_user_mean, 2), "tok_s_gpu": round(r.throughput, 1), "budget": round(r.mean_budget, 3)}
+            {"policy": r.policy, "load": r.load, "tok_s_user": round(r.per_user_mean, 2), "tok_s_gpu": round(r.throughput, 1), "budget": round(r.mean_budget, 3),
+             "drafted": round(r.drafted_rounds / max(r.rounds, 1), 3)}
             for r in results
         ],
         "sla": sla,

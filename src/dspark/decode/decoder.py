@@ -7,6 +7,8 @@ Per round, for every row (lockstep, per-row lengths):
   -> commit accepted + recovered/bonus; the target cache masks rejected entries; the drafter receives
      the features of the committed positions next round.
 `speculative=False` is plain target decoding through the same sampling and verification code (ℓ = 0).
+A planner with a `should_draft(active)` method (a ``POLICY+gate`` `PolicyPlanner`) may skip drafting in a
+round: that round runs plain, and the positions it verifies reach the drafter with the next proposal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from dspark.decode.records import GenerationResult, RoundRecord
 from dspark.decode.target_runner import TargetRunner
-from dspark.drafters.base import ContextUpdate, Proposal
+from dspark.drafters.base import ContextUpdate, Proposal, concat_updates
 from dspark.errors import ConfigError, DSparkError
 from dspark.sampling import SamplingParams, draw, processed_probs
 from dspark.verify import greedy_verify, rejection_sample
@@ -101,10 +103,12 @@ class SpeculativeDecoder:
             update = ContextUpdate(step.features, step.last_hidden, next_ids,
                                    torch.tensor([len(p) for p in prompts], device=device))
 
+        gate = getattr(planner, "should_draft", None) if speculative else None
         while not all(reasons):
             done = torch.tensor([bool(x) for x in reasons], device=device)
             remaining = torch.tensor([max_new_tokens - len(o) for o in outputs], device=device)
-            if speculative:
+            drafting = speculative and (gate is None or bool(gate(~done)))
+            if drafting:
                 proposal = self.drafter.propose(state, update, anchors, params, gen)
                 lengths = self._plan(proposal, verify_len, threshold, planner)
             else:
@@ -124,7 +128,8 @@ class SpeculativeDecoder:
             self._commit_rows(out_ids, accepted, lengths, proposal, outputs, rounds, reasons, eos, max_new_tokens)
             anchors = out_ids.gather(1, accepted.unsqueeze(1)).squeeze(1).clamp_min(0)
             if speculative:
-                update = ContextUpdate(step.features, step.last_hidden, out_ids.clamp_min(0), committed)
+                new = ContextUpdate(step.features, step.last_hidden, out_ids.clamp_min(0), committed)
+                update = new if drafting else concat_updates(update, new)
         return [GenerationResult(o, r, why) for o, r, why in zip(outputs, rounds, reasons)]
 
     @staticmethod

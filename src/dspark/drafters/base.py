@@ -30,6 +30,35 @@ class ContextUpdate:
     num_new: torch.Tensor  # [R] valid entries per row
 
 
+def concat_updates(first: ContextUpdate | None, second: ContextUpdate) -> ContextUpdate:
+    """Row-wise concatenation of two left-aligned updates: row r = first's valid entries, then second's.
+
+    Used when a round skips drafting: the positions it verified wait for the drafter's next `propose`.
+    Entries past each row's total are zero.
+    """
+    if first is None or first.features.shape[1] == 0:
+        return second
+    if second.features.shape[1] == 0:
+        return first
+    num_new = first.num_new + second.num_new  # [R]
+    width = max(int(num_new.max()), 1)
+    pos = torch.arange(width, device=num_new.device).unsqueeze(0)  # [1, W]
+    in_first = pos < first.num_new.unsqueeze(1)  # [R, W]
+    valid = pos < num_new.unsqueeze(1)  # [R, W]
+    idx_first = pos.clamp(max=first.features.shape[1] - 1).expand_as(in_first)  # [R, W]
+    idx_second = (pos - first.num_new.unsqueeze(1)).clamp(0, second.features.shape[1] - 1)  # [R, W]
+
+    def merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # [R, T_a, ...], [R, T_b, ...] -> [R, W, ...]
+        shape = (-1, width) + (1,) * (a.dim() - 2)
+        pick_a = a.gather(1, idx_first.reshape(shape).expand(-1, -1, *a.shape[2:]))
+        pick_b = b.gather(1, idx_second.reshape(shape).expand(-1, -1, *b.shape[2:]))
+        out = torch.where(in_first.reshape(shape), pick_a, pick_b)
+        return torch.where(valid.reshape(shape), out, torch.zeros_like(out))
+
+    return ContextUpdate(merge(first.features, second.features), merge(first.last_hidden, second.last_hidden),
+                         merge(first.next_ids, second.next_ids), num_new)
+
+
 @dataclass
 class Proposal:
     draft_ids: torch.Tensor  # [R, K]

@@ -29,6 +29,10 @@ Policies (the string names accepted by `plan_verify_lengths`):
                    The stale rows need not match the current requests; Θ uses the current R as its base.
                    An engine may compute K off the critical path with `async_capacity` and pass
                    ``capacity=K`` instead (then only one sort runs per call).
+* ``POLICY+gate``  Any speculative policy above with the draft gate (`dspark.scheduling.gate`): before
+                   each round the engine decides from the last drafted round's survival whether drafting
+                   pays for its cost at the current load, and runs a plain round when it does not. The
+                   verify lengths of a drafted round are the base policy's; this module only parses it.
 * ``global``       Unconstrained argmax of Θ along the ranked path of the FRESH values. NOT LOSSLESS:
                    admitting draft j can depend on a_{r,j+1}, which depends on draft j itself (the paper's
                    Appendix A shows the output distribution shift). Kept only to demonstrate that bias.
@@ -52,28 +56,30 @@ if TYPE_CHECKING:
 
     Array = np.ndarray | torch.Tensor
 
-POLICY_NAMES = ("none", "fixed:K", "mtp1", "threshold:T", "dspark", "dspark-async", "global")
+POLICY_NAMES = ("none", "fixed:K", "mtp1", "threshold:T", "dspark", "dspark-async", "global", "POLICY+gate")
 LOSSLESS = {"none": True, "fixed": True, "threshold": True, "dspark": True, "dspark-async": True, "global": False}
 _TOL = 1e-6  # slack for float noise in survival products before we call a row "increasing"
 
 
 @dataclass(frozen=True)
 class Policy:
-    """A parsed policy name: `kind` in LOSSLESS's keys, `param` = K for fixed, T for threshold."""
+    """A parsed policy name: `kind` in LOSSLESS's keys, `param` = K for fixed, T for threshold, `gate`."""
 
     kind: str
     param: float = 0.0
+    gate: bool = False  # "+gate": skip drafting in rounds where it does not pay (dspark.scheduling.gate)
 
     @property
     def lossless(self) -> bool:
         return LOSSLESS[self.kind]
 
     def __str__(self) -> str:
+        suffix = "+gate" if self.gate else ""
         if self.kind == "fixed":
-            return f"fixed:{int(self.param)}"
+            return f"fixed:{int(self.param)}{suffix}"
         if self.kind == "threshold":
-            return f"threshold:{self.param:g}"
-        return self.kind
+            return f"threshold:{self.param:g}{suffix}"
+        return self.kind + suffix
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,6 +88,11 @@ def parse_policy(name: str) -> Policy:
     if not isinstance(name, str):
         raise ConfigError(f"policy must be a string, got {type(name).__name__}")
     text = name.strip().lower()
+    if text.endswith("+gate"):
+        base = parse_policy(text[: -len("+gate")])
+        if base.kind == "none" or (base.kind == "fixed" and base.param == 0):
+            raise ConfigError(f"policy {name!r}: +gate needs a speculative policy ({base} drafts nothing to gate)")
+        return Policy(base.kind, base.param, gate=True)
     if text in ("none", "dspark", "dspark-async", "global"):
         return Policy(text)
     if text == "mtp1":

@@ -15,7 +15,9 @@ The engine, step by step (the clock jumps by each step's duration):
    outcomes, the survival a = cumprod(c) goes to the policy (``dspark-async`` gets the survival of two
    rounds earlier), each request verifies ℓ_r drafts (at most its remaining tokens − 1), accepts
    min(accepted_if_all, ℓ_r) and commits that plus one. Duration: `step_time(R + Σℓ) + request_time(R)
-   + draft_time(R)`; the draft cost is skipped for policy ``none``, which drafts nothing.
+   + draft_time(R)`; the draft cost is skipped for policy ``none``, which drafts nothing, and in the
+   rounds where a ``POLICY+gate`` policy's `DraftGate` (fed the survival of the recent drafted rounds)
+   finds that drafting does not pay: those rounds commit one token per request.
 
 Measurement: requests are numbered in arrival order; the first `warmup_requests` are a warm-up, the next
 `num_requests` are measured, and arrivals continue until every measured request has finished (so a closed
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from dspark.errors import ConfigError
-from dspark.scheduling import SPSTable, parse_policy, plan_verify_lengths
+from dspark.scheduling import DraftGate, SPSTable, parse_policy, plan_verify_lengths
 from dspark.sim.acceptance import AcceptanceModel
 from dspark.sim.workload import Arrivals, LengthDist
 
@@ -84,6 +86,7 @@ class SimResult:
     mean_batch_tokens: float
     mean_running: float
     rounds: int
+    drafted_rounds: int  # decoding rounds that ran the drafter (all of them unless none or +gate)
     ttft: dict[str, float]
     tpot: dict[str, float]
     simulated: bool = True
@@ -104,7 +107,9 @@ class _Engine:
 
     def __init__(self, cfg: SimConfig, arrivals: Arrivals, table: SPSTable, acceptance: AcceptanceModel) -> None:
         self.cfg, self.arrivals, self.table, self.acc = cfg, arrivals, table, acceptance
-        self.drafting = parse_policy(cfg.policy).kind != "none"
+        policy = parse_policy(cfg.policy)
+        self.drafting = policy.kind != "none"
+        self.gate = DraftGate(table) if policy.gate else None
         closed = arrivals.closed_loop
         self.cap = arrivals.concurrency if closed else cfg.max_concurrency
         self.num_measured = cfg.num_requests or (max(64, 2 * arrivals.concurrency) if closed else 200)
@@ -124,7 +129,7 @@ class _Engine:
         self.next_open = arrivals.next_open(self.rng_work) if not closed else float("inf")
         self.measured_left = self.num_measured
         self.history: deque[np.ndarray] = deque(maxlen=2)  # survival of the last two rounds
-        self.steps: list[tuple[float, int, int, int, int]] = []  # (t_end, tokens out, R, B, decode?)
+        self.steps: list[tuple[float, int, int, int, int]] = []  # (t_end, tokens out, R, B, 0 prefill / 1 plain / 2 drafted)
 
     # -------------------------------------------------------------------------------- requests
     def _new_request(self, t_arrive: float) -> None:
@@ -173,20 +178,27 @@ class _Engine:
 
     def _decode_round(self) -> None:
         num_rows = self.run_id.size
-        conf, accepted_if_all = self.acc.draw(num_rows, self.rng_acc)  # [R, γ], [R]
-        survival = np.cumprod(conf, axis=1)  # [R, γ]
-        stale = self.history[0] if len(self.history) == 2 else None
-        lengths = plan_verify_lengths(survival, self.table, self.cfg.policy, stale_survival=stale)  # [R]
-        self.history.append(survival)
-        lengths = np.minimum(lengths, self.run_rem - 1)
-        committed = np.minimum(accepted_if_all, lengths) + 1  # [R]
+        drafting = self.drafting and (self.gate is None or self.gate.decide(num_rows))
+        if drafting:
+            conf, accepted_if_all = self.acc.draw(num_rows, self.rng_acc)  # [R, γ], [R]
+            survival = np.cumprod(conf, axis=1)  # [R, γ]
+            stale = self.history[0] if len(self.history) == 2 else None
+            lengths = plan_verify_lengths(survival, self.table, self.cfg.policy, stale_survival=stale)  # [R]
+            self.history.append(survival)
+            if self.gate is not None:
+                self.gate.observe(survival)
+            lengths = np.minimum(lengths, self.run_rem - 1)
+            committed = np.minimum(accepted_if_all, lengths) + 1  # [R]
+        else:
+            committed = np.ones(num_rows, dtype=np.int64)  # a plain round: one token per request
+            lengths = np.zeros_like(committed)
         batch_tokens = num_rows + int(lengths.sum())
         dt = float(self.table.step_time(batch_tokens)) + float(self.table.request_time(num_rows))
-        if self.drafting:
+        if drafting:
             dt += float(self.table.draft_time(num_rows))
         self.t += dt
         self.run_rem = self.run_rem - committed
-        self.steps.append((self.t, int(committed.sum()), num_rows, batch_tokens, 1))
+        self.steps.append((self.t, int(committed.sum()), num_rows, batch_tokens, 2 if drafting else 1))
         done = self.run_rem <= 0
         if done.any():
             self._finish(self.run_id[done])
@@ -215,7 +227,7 @@ class _Engine:
         t0, t1 = float(arrival.min()), float(finish.max())
         steps = np.asarray(self.steps, dtype=np.float64)  # [S, 5]
         in_window = (steps[:, 0] > t0) & (steps[:, 0] <= t1)
-        decode = in_window & (steps[:, 4] == 1)
+        decode = in_window & (steps[:, 4] >= 1)
         multi = out_len > 1
         decode_time = finish[multi] - first[multi]
         speed = (out_len[multi] - 1) / np.maximum(decode_time, 1e-12)
@@ -236,6 +248,7 @@ class _Engine:
             mean_batch_tokens=float(steps[decode, 3].mean()) if decode.any() else 0.0,
             mean_running=float(steps[decode, 2].mean()) if decode.any() else 0.0,
             rounds=int(decode.sum()),
+            drafted_rounds=int((in_window & (steps[:, 4] == 2)).sum()),
             ttft=_percentiles(first - arrival),
             tpot=_percentiles(decode_time / np.maximum(out_len[multi] - 1, 1)),
         )
