@@ -45,3 +45,35 @@ def test_bench_tau_times_plain_decoding_beside_the_drafter(tmp_path: Path) -> No
     assert [r["drafter"] for r in rows] == ["d", "plain"]
     assert all(r["seconds"] > 0 and r["new_tokens"] > 0 for r in rows)
     assert rows[1]["tau"] == 1.0 and rows[0]["tau"] >= 1.0
+
+
+def test_bench_tau_runs_policies_with_a_profiled_table(tmp_path: Path) -> None:
+    """`dspark profile` writes a loadable table with a draft cost; bench_tau runs dspark+gate with it."""
+    from dspark.scheduling import SPSTable
+
+    sps = tmp_path / "sps.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "dspark", "profile", "--out", str(sps), "--requests", "1,2", "--widths", "1,3",
+         "--context", "8", "--repeats", "1", "--warmup", "0"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    summary = json.loads(out.strip().splitlines()[-1])
+    table = SPSTable.load(sps)
+    assert table.tokens == [1, 2, 3, 6] and table.has_draft_cost and summary["points"] == 4
+    assert {r["requests"] for r in summary["rows"] if "draft_seconds" in r} == {1, 2}
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"input_ids": [11 + i, 40, 41, 42]}) + "\n" for i in range(2)))
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_tau.py"), "--target", "src/dspark/assets/tiny-target",
+         "--prompts", str(prompts), "--drafts", "d=src/dspark/assets/tiny-dspark", "--policies", "all", "dspark+gate",
+         "--sps", str(sps), "--max-new-tokens", "6", "--device", "cpu", "--temperature", "0"],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out.strip().splitlines()[-1])["results"]
+    assert [r["drafter"] for r in rows] == ["d", "d:dspark+gate"]
+    assert rows[0]["drafted"] == 1.0 and 0.0 < rows[1]["drafted"] <= 1.0
+
+
+def test_profile_rejects_bad_input(tmp_path: Path) -> None:
+    for args, message in ((["--requests", "0,2"], "--requests"), (["--widths", "a"], "--widths"),
+                          (["--out", str(tmp_path / "missing" / "sps.json")], "does not exist")):
+        out = args if "--out" in args else ["--out", str(tmp_path / "s.json"), *args]
+        proc = subprocess.run([sys.executable, "-m", "dspark", "profile", *out], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and message in proc.stderr

@@ -26,6 +26,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("calibrate",), "dspark.cli.calibrate", "fit sequential temperature scaling"),
     (("eval",), "dspark.cli.eval", "accepted-length evaluation"),
     (("simulate",), "dspark.cli.simulate", "serving simulator for capacity planning"),
+    (("profile",), "dspark.cli.profile", "measure the decoder's SPS table and draft cost"),
     (("pretrain",), "dspark.cli.pretrain", "pretrain a reference target model"),
     (("tokenizer",), "dspark.cli.tokenizer", "train a byte-level BPE tokenizer"),
 ]

@@ -40,6 +40,7 @@ JSON format (``save`` / ``load``)::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,11 @@ class SPSTable:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the JSON atomically (a temporary file beside it, then a rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path, *, monotone: bool | None = None) -> SPSTable:

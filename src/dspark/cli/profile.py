@@ -1,0 +1,59 @@
+"""`dspark profile`: measure the SPS table of the reference decoder for a target (and a drafter's cost).
+
+    dspark profile --target DIR --draft DIR --device cuda --requests 1,8,32,128,512 --out sps.json
+    dspark generate ... --policy dspark+gate --sps sps.json      # the scheduler and the gate read it
+
+Times one verify forward per (requests, width) at a fixed context and one drafter proposal per request
+count (`dspark.decode.profile`), writes the table (`dspark.scheduling.sps_table` format, atomically),
+prints a table, then ONE JSON line. With no --target/--draft it profiles the embedded default pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dspark.cli.common import add_model_arguments, load_pair, print_json
+from dspark.errors import ConfigError
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{what} needs integers >= 1, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help="SPS table JSON to write")
+    parser.add_argument("--requests", default="1,8,32,128", help="request counts (rows per round)")
+    parser.add_argument("--widths", default="1,2,4,8", help="tokens verified per request (1 + drafts)")
+    parser.add_argument("--context", type=int, default=128, help="prompt tokens already in the cache")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each point")
+    parser.add_argument("--no-draft", action="store_true", help="profile the target only (no draft cost)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dspark.decode.profile import profile_sps
+
+    requests, widths = _ints(args.requests, "--requests"), _ints(args.widths, "--widths")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
+    target, drafter = load_pair(args, need_draft=not args.no_draft)
+    table, rows = profile_sps(target, None if args.no_draft else drafter, requests, widths, args.context, args.repeats, args.warmup)
+    table.save(out)
+    print(f"{'requests':>9}{'width':>7}{'tokens':>8}{'ms':>9}{'steps/s':>9}")
+    for row in rows:
+        if "width" in row:
+            print(f"{row['requests']:>9}{row['width']:>7}{row['tokens']:>8}{row['seconds'] * 1e3:>9.2f}{1 / row['seconds']:>9.1f}")
+    for row in rows:
+        if "draft_seconds" in row:
+            print(f"draft cost at {row['requests']} requests: {row['draft_seconds'] * 1e3:.2f} ms")
+    print_json({"out": str(out), "device": str(target.device), "points": len(table.tokens), "rows": rows})
+    return 0
