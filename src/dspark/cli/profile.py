@@ -3,9 +3,10 @@
     dspark profile --target DIR --draft DIR --device cuda --requests 1,8,32,128,512 --out sps.json
     dspark generate ... --policy dspark+gate --sps sps.json      # the scheduler and the gate read it
 
-Times one verify forward per (requests, width) at a fixed context and one drafter proposal per request
-count (`dspark.decode.profile`), writes the table (`dspark.scheduling.sps_table` format, atomically),
-prints a table, then ONE JSON line. With no --target/--draft it profiles the embedded default pair.
+Times one verify forward per (requests, width) at a fixed context and, with a drafter, whole plain and
+drafted decoder rounds per request count (`dspark.decode.profile`); writes the table (the
+`dspark.scheduling.sps_table` format, atomically), prints a table, then ONE JSON line. With no
+--target/--draft it profiles the embedded default pair.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['requests']:>9}{row['width']:>7}{row['tokens']:>8}{row['seconds'] * 1e3:>9.2f}{1 / row['seconds']:>9.1f}")
     for row in rows:
         if "draft_seconds" in row:
-            print(f"draft cost at {row['requests']} requests: {row['draft_seconds'] * 1e3:.2f} ms")
+            print(f"decoder round at {row['requests']} requests: plain {row['plain_round_seconds'] * 1e3:.2f} ms, drafted "
+                  f"{row['drafted_round_seconds'] * 1e3:.2f} ms -> request cost {row['request_seconds'] * 1e3:.2f} ms, "
+                  f"draft cost {row['draft_seconds'] * 1e3:.2f} ms")
     print_json({"out": str(out), "device": str(target.device), "points": len(table.tokens), "rows": rows})
     return 0

@@ -6,10 +6,16 @@ scheduling policies and the draft gate (`--policy dspark+gate --sps FILE`) and b
 For each request count R it prefills R random prompts of `context` tokens, then times rounds exactly as
 the decoder runs them: one `TargetRunner.verify` over [R, w] tokens followed by a commit that keeps
 nothing (so the context stays fixed), for each width w. Batch tokens B = R·w; where several (R, w) give
-the same B the fastest time is kept. The drafter's cost at R is the time of one `propose` that absorbs
-two new positions per row and drafts a block (a typical round). Times are medians of `repeats` calls
-after `warmup` calls, synchronised on CUDA. The reference decoder is eager PyTorch, and so is this
-table: it describes that decoder on that machine, not an optimised engine.
+the same B the fastest time is kept. Times are medians of `repeats` calls after `warmup` calls,
+synchronised on CUDA.
+
+A round of the decoder costs more than its verify forward: sampling, acceptance and bookkeeping, and
+in a drafted round the drafter plus rejection sampling. So with a drafter, whole decoder rounds are
+timed too (`SpeculativeDecoder.generate`, the difference between a long and a short run over the
+difference in rounds, which cancels the prefill): a plain round and a round verifying every draft.
+Their excess over the matching verify forward becomes the table's `request_cost(R)` (paid by every
+round) and `draft_cost(R)` (paid by drafted rounds only). The reference decoder is eager PyTorch, and
+so is this table: it describes that decoder on that machine, not an optimised engine.
 """
 
 from __future__ import annotations
@@ -22,9 +28,7 @@ from typing import Any
 import torch
 
 from dspark.decode.target_runner import TargetRunner
-from dspark.drafters.base import ContextUpdate
 from dspark.errors import ConfigError
-from dspark.sampling import SamplingParams
 from dspark.scheduling import SPSTable
 
 
@@ -55,6 +59,8 @@ def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 
     layer_ids = drafter.config.target_layer_ids if drafter is not None else None
     rows: list[dict] = []
     best: dict[int, float] = {}
+    verify_at: dict[tuple[int, int], float] = {}
+    request_cost: dict[int, float] = {}
     draft_cost: dict[int, float] = {}
     for r in sorted(set(int(x) for x in requests)):
         prompts = torch.randint(0, target.vocab_size, (r, context), generator=gen).tolist()
@@ -72,26 +78,65 @@ def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 
             seconds = _median_seconds(verify_round, device, repeats, warmup)
             rows.append({"requests": r, "width": w, "tokens": r * w, "seconds": seconds})
             best[r * w] = min(seconds, best.get(r * w, float("inf")))
+            verify_at[r, w] = seconds
         if drafter is not None:
-            draft_cost[r] = _draft_seconds(drafter, runner, r, gen, repeats, warmup)
-            rows.append({"requests": r, "draft_seconds": draft_cost[r]})
+            del runner
+
+            def verify_time(w: int) -> float:
+                if (r, w) not in verify_at:
+                    verify_at[r, w] = _verify_once(target, layer_ids, prompts, w, repeats, warmup, gen)
+                return verify_at[r, w]
+
+            plain, drafted = _round_seconds(target, drafter, prompts, repeats)
+            request_cost[r] = max(plain - verify_time(1), 1e-6)
+            draft_cost[r] = max(drafted - verify_time(drafter.config.num_drafts + 1) - request_cost[r], 1e-6)
+            rows.append({"requests": r, "plain_round_seconds": plain, "drafted_round_seconds": drafted,
+                         "request_seconds": request_cost[r], "draft_seconds": draft_cost[r]})
     tokens = sorted(best)
     meta = {"source": "dspark profile (reference decoder, eager PyTorch)", "device": str(device), "context": context,
             "widths": list(widths), "repeats": repeats}
-    table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, meta=meta)
+    table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost or None, meta=meta)
     return table, rows
 
 
-def _draft_seconds(drafter: Any, runner: TargetRunner, rows: int, gen: torch.Generator, repeats: int, warmup: int) -> float:
-    """Median seconds of one `propose` absorbing two positions per row, after the prompt was absorbed."""
-    device = runner.device
-    first = runner.verify(torch.randint(0, runner.target.vocab_size, (rows, 2), generator=gen).to(device),
-                          torch.full((rows,), 2, device=device))
-    runner.commit(torch.zeros(rows, dtype=torch.long, device=device), 2)
-    ids = torch.randint(0, runner.target.vocab_size, (rows, 2), generator=gen).to(device)
-    two = ContextUpdate(first.features, first.last_hidden, ids, torch.full((rows,), 2, device=device))
-    state = drafter.new_state(rows, device)
-    anchors = ids[:, -1]
-    params = SamplingParams()
-    draft_gen = torch.Generator(device=device).manual_seed(0)
-    return _median_seconds(lambda: drafter.propose(state, two, anchors, params, draft_gen), device, repeats, warmup)
+def _verify_once(target: Any, layer_ids: Any, prompts: list[list[int]], width: int, repeats: int, warmup: int,
+                 gen: torch.Generator) -> float:
+    """Verify-forward seconds at [R, width] (for a drafted round's width when --widths does not list it)."""
+    runner = TargetRunner(target, layer_ids)
+    runner.prefill(prompts)
+    rows, device = len(prompts), target.device
+    tokens = torch.randint(0, target.vocab_size, (rows, width), generator=gen).to(device)
+    full, none = torch.full((rows,), width, device=device), torch.zeros(rows, dtype=torch.long, device=device)
+
+    def verify_round() -> None:
+        runner.verify(tokens, full)
+        runner.commit(none, width)
+
+    return _median_seconds(verify_round, device, repeats, warmup)
+
+
+def _round_seconds(target: Any, drafter: Any, prompts: list[list[int]], repeats: int, short: int = 4, long: int = 20
+                   ) -> tuple[float, float]:
+    """Median seconds of one whole decoder round: plain, and drafted with every draft verified."""
+    from dspark.decode.decoder import SpeculativeDecoder
+
+    dec, device = SpeculativeDecoder(target, drafter), target.device
+
+    def per_round(speculative: bool) -> float:
+        def timed(tokens: int) -> tuple[float, int]:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            out = dec.generate(prompts, tokens, temperature=1.0, seed=0, speculative=speculative)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter() - t0, max(len(res.rounds) for res in out)
+
+        timed(short)  # warm-up
+        samples = []
+        for _ in range(repeats):
+            (t_short, n_short), (t_long, n_long) = timed(short), timed(long)
+            samples.append((t_long - t_short) / max(n_long - n_short, 1))
+        return max(statistics.median(samples), 1e-6)
+
+    return per_round(False), per_round(True)
