@@ -54,6 +54,15 @@ def test_drafting_pays_by_hand():
         drafting_pays([[0.5]], sps, 0)
 
 
+def test_gate_predicts_the_policy_it_gates():
+    """A dip in the table stops `dspark` (early stop) at ℓ = 0, so drafting cannot pay; `dspark-async` goes on."""
+    jag = SPSTable([1, 2, 3], [100.0, 25.0, 100.0], {1: 0.005})  # 10 ms, 40 ms, 10 ms; 5 ms drafting
+    assert not drafting_pays([[0.9, 0.8]], jag, 1, "dspark")  # ℓ = 0: 1 / 15 ms < 1 / 10 ms
+    assert drafting_pays([[0.9, 0.8]], jag, 1, "dspark-async")  # ℓ = 2: 2.7 / 15 ms
+    assert drafting_pays([[0.9, 0.8]], jag, 1, "fixed:2") and not drafting_pays([[0.9, 0.8]], jag, 1, "fixed:1")
+    assert DraftGate(jag, "dspark+gate").policy == "dspark"
+
+
 def test_gate_probes_while_closed_and_averages_rounds():
     gate = DraftGate(flat_table(0.005), probe_every=3, window=2, max_probe_every=6)
     assert gate.decide(1)  # no history yet: draft

@@ -54,10 +54,10 @@ def test_bench_tau_runs_policies_with_a_profiled_table(tmp_path: Path) -> None:
     sps = tmp_path / "sps.json"
     out = subprocess.run(
         [sys.executable, "-m", "dspark", "profile", "--out", str(sps), "--requests", "1,2", "--widths", "1,3",
-         "--context", "8", "--repeats", "1", "--warmup", "0"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+         "--context", "8", "--repeats", "1", "--warmup", "0", "--round-tokens", "8"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     summary = json.loads(out.strip().splitlines()[-1])
     table = SPSTable.load(sps)
-    assert table.tokens == [1, 2, 3, 6] and table.has_draft_cost and summary["points"] == 4
+    assert table.tokens == [1, 2, 3, 6] and table.has_draft_cost and table.monotone and summary["points"] == 4
     assert {r["requests"] for r in summary["rows"] if "draft_seconds" in r} == {1, 2}
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"input_ids": [11 + i, 40, 41, 42]}) + "\n" for i in range(2)))

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=128, help="prompt tokens already in the cache")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each point")
+    parser.add_argument("--round-tokens", type=int, default=64,
+                        help="new tokens of the decoder runs that time whole rounds (use the length you serve)")
+    parser.add_argument("--no-monotone", action="store_true", help="store the curve as measured (no monotone envelope)")
     parser.add_argument("--no-draft", action="store_true", help="profile the target only (no draft cost)")
 
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
     target, drafter = load_pair(args, need_draft=not args.no_draft)
-    table, rows = profile_sps(target, None if args.no_draft else drafter, requests, widths, args.context, args.repeats, args.warmup)
+    table, rows = profile_sps(target, None if args.no_draft else drafter, requests, widths, args.context, args.repeats,
+                              args.warmup, round_tokens=args.round_tokens, monotone=not args.no_monotone)
     table.save(out)
     print(f"{'requests':>9}{'width':>7}{'tokens':>8}{'ms':>9}{'steps/s':>9}")
     for row in rows:

@@ -32,7 +32,7 @@ class PolicyPlanner:
         self.needs_confidence = self.kind in NEEDS_CONFIDENCE or parsed.gate
         self.sps = sps if sps is not None else SPSTable([1, 2], [1.0, 1.0])
         self.history: deque[torch.Tensor] = deque(maxlen=2)
-        self.gate = DraftGate(self.sps) if parsed.gate else None
+        self.gate = DraftGate(self.sps, policy) if parsed.gate else None
         self.active: torch.Tensor | None = None  # [R] bool, rows still generating (set by should_draft)
 
     def should_draft(self, active: torch.Tensor) -> bool:

@@ -48,12 +48,19 @@ def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, w
 
 @torch.no_grad()
 def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 8, 32, 128), widths: Sequence[int] = (1, 2, 4, 8),
-                context: int = 128, repeats: int = 5, warmup: int = 2, seed: int = 0) -> tuple[SPSTable, list[dict]]:
-    """Measure the table; returns it and the raw rows ({requests, width, tokens, seconds} and draft rows)."""
+                context: int = 128, repeats: int = 5, warmup: int = 2, seed: int = 0, round_tokens: int = 64,
+                monotone: bool = True) -> tuple[SPSTable, list[dict]]:
+    """Measure the table; returns it and the raw rows ({requests, width, tokens, seconds} and round rows).
+
+    `round_tokens`: new tokens of the long decoder run that times whole rounds (the short one makes a
+    quarter); per-round costs grow with the generation (caches, bookkeeping), so use what you serve.
+    `monotone`: store the table with the monotone envelope (launch-bound timings are noisy, and a dip
+    would stop `dspark`'s early-stopping rule).
+    """
     if not requests or min(requests) < 1 or not widths or min(widths) < 1:
         raise ConfigError(f"requests and widths must be non-empty lists of integers >= 1, got {requests} / {widths}")
-    if context < 1 or repeats < 1 or warmup < 0:
-        raise ConfigError("context and repeats must be >= 1 and warmup >= 0")
+    if context < 1 or repeats < 1 or warmup < 0 or round_tokens < 8:
+        raise ConfigError("context and repeats must be >= 1, warmup >= 0 and round_tokens >= 8")
     device = target.device
     gen = torch.Generator().manual_seed(seed)
     layer_ids = drafter.config.target_layer_ids if drafter is not None else None
@@ -87,15 +94,16 @@ def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 
                     verify_at[r, w] = _verify_once(target, layer_ids, prompts, w, repeats, warmup, gen)
                 return verify_at[r, w]
 
-            plain, drafted = _round_seconds(target, drafter, prompts, repeats)
+            plain, drafted = _round_seconds(target, drafter, prompts, repeats, round_tokens // 4, round_tokens)
             request_cost[r] = max(plain - verify_time(1), 1e-6)
             draft_cost[r] = max(drafted - verify_time(drafter.config.num_drafts + 1) - request_cost[r], 1e-6)
             rows.append({"requests": r, "plain_round_seconds": plain, "drafted_round_seconds": drafted,
                          "request_seconds": request_cost[r], "draft_seconds": draft_cost[r]})
     tokens = sorted(best)
     meta = {"source": "dspark profile (reference decoder, eager PyTorch)", "device": str(device), "context": context,
-            "widths": list(widths), "repeats": repeats}
-    table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost or None, meta=meta)
+            "widths": list(widths), "repeats": repeats, "round_tokens": round_tokens}
+    table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost or None,
+                     monotone=monotone, meta=meta)
     return table, rows
 
 
@@ -115,7 +123,7 @@ def _verify_once(target: Any, layer_ids: Any, prompts: list[list[int]], width: i
     return _median_seconds(verify_round, device, repeats, warmup)
 
 
-def _round_seconds(target: Any, drafter: Any, prompts: list[list[int]], repeats: int, short: int = 4, long: int = 20
+def _round_seconds(target: Any, drafter: Any, prompts: list[list[int]], repeats: int, short: int, long: int
                    ) -> tuple[float, float]:
     """Median seconds of one whole decoder round: plain, and drafted with every draft verified."""
     from dspark.decode.decoder import SpeculativeDecoder

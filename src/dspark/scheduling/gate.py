@@ -1,21 +1,23 @@
 """The draft gate: skip drafting in a round when its expected gain does not pay for the drafter's cost.
 
-Where it sits: `DraftGate.decide(last survival, R) ─► draft this round or not`, asked BEFORE the drafter
-runs (by `dspark.sim.engine` and `dspark.decode.policy_planner` for policies named ``POLICY+gate``).
+Where it sits: `DraftGate.decide(R) ─► draft this round or not`, asked BEFORE the drafter runs (by
+`dspark.sim.engine` and `dspark.decode.policy_planner`, for policies named ``POLICY+gate``); the
+survival of the rounds that drafted is fed in by `observe`.
 
 The verification-length policies only choose how many drafts to verify; the drafter itself has already
 run, so its cost (`SPSTable.draft_time(R)`) is paid every round. Under heavy load, or with a weak drafter,
 the best speculative round can be slower per committed token than a plain decoding round. The gate
 compares, for the R active requests,
 
-* Θ_draft = max_k Θ_k along the ranked path of the expected prefix survival (the `dspark-async` capacity
-  search: round time `1/SPS(R + k) + request_time(R) + draft_time(R)`), and
+* Θ_draft = the expected throughput of a drafted round whose verify lengths the gated policy itself
+  chooses on the expected prefix survival (round time `1/SPS(R + Σℓ) + request_time(R) + draft_time(R)`;
+  with `dspark`'s early stop on a jagged table that can be ℓ = 0 everywhere), and
 * Θ_plain = R / (1/SPS(R) + request_time(R)), one token per request and no drafter,
 
 and drafts only when Θ_draft > Θ_plain. The expected survival comes from the last `window` rounds that
-drafted: Θ_draft is computed for each of them (rows repeated or cut to R) and averaged, which smooths the
-round-to-round noise of a single round's confidences (with one request, one round is one row). The
-decision never looks at the current round's drafts, so each round's output is exactly the target's
+drafted: Θ_draft is computed for each of them (rows repeated or cut to R; once per request count, as
+the decision runs every round) and averaged, which smooths the round-to-round noise of a single
+round's confidences (with one request, one round is one row). The decision never looks at the current round's drafts, so each round's output is exactly the target's
 distribution whichever way it goes (lossless). While the gate is closed no new survival arrives, so
 after `probe_every` skipped rounds it drafts once anyway to refresh it; each probe that finds drafting
 still not paying doubles that interval (up to `max_probe_every`), and opening resets it, so a gate that
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dspark.errors import ConfigError
-from dspark.scheduling.policy import _ranked, _throughput_path, _to_numpy, check_survival
+from dspark.scheduling.policy import Policy, _plan, _to_numpy, check_survival, parse_policy
 from dspark.scheduling.sps_table import SPSTable
 
 DEFAULT_PROBE_EVERY = 8
@@ -43,40 +45,51 @@ def plain_throughput(sps: SPSTable, num_requests: int) -> float:
     return num_requests / (float(sps.step_time(num_requests)) + float(sps.request_time(num_requests)))
 
 
-def best_throughput(survival: Any, sps: SPSTable, num_requests: int) -> float:
-    """Θ_draft: the best expected throughput of a drafted round along the ranked path of `survival`.
+def drafted_throughput(survival: Any, sps: SPSTable, num_requests: int, policy: str = "dspark-async") -> float:
+    """Θ_draft: expected tokens per second of a drafted round whose verify lengths `policy` chooses.
 
     `survival` [R', γ]: expected prefix survival per request, rows repeated or cut to `num_requests`.
+    The policy is applied to these values as it will be to the real ones (`dspark` with its early
+    stop, `dspark-async` with its capacity search on them), so the gate predicts what the round will do.
     """
     if num_requests < 1:
         raise ConfigError(f"num_requests must be >= 1, got {num_requests}")
+    base = parse_policy(policy)
     arr = _to_numpy(survival, "survival")  # [R', γ]
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         arr = np.zeros((1, 1))
     slots = check_survival(np.resize(arr, (num_requests, arr.shape[1])))  # [γ, R]
-    values, _ = _ranked(slots)
-    return float(_throughput_path(values, num_requests, sps).max())
+    plain = Policy(base.kind, base.param)
+    lengths = _plan(slots, sps, plain, slots if base.kind == "dspark-async" else None, None, None)  # [R]
+    prefix = np.vstack([np.zeros((1, num_requests)), np.cumsum(slots, axis=0)])  # [γ+1, R]
+    tokens = num_requests + float(prefix[lengths, np.arange(num_requests)].sum())
+    seconds = float(sps.step_time(num_requests + int(lengths.sum()))) + sps.per_request_overhead(num_requests)
+    return tokens / seconds
 
 
-def drafting_pays(survival: Any, sps: SPSTable, num_requests: int) -> bool:
-    """True when the best expected drafted round beats a plain round (always, without a draft cost)."""
-    return not sps.has_draft_cost or best_throughput(survival, sps, num_requests) > plain_throughput(sps, num_requests)
+def drafting_pays(survival: Any, sps: SPSTable, num_requests: int, policy: str = "dspark-async") -> bool:
+    """True when the expected drafted round beats a plain round (always, without a draft cost)."""
+    return not sps.has_draft_cost or drafted_throughput(survival, sps, num_requests, policy) > plain_throughput(sps, num_requests)
 
 
 class DraftGate:
     """Per-round draft / no-draft decisions with periodic probes while closed (see the module docstring).
 
     Use: ``if gate.decide(R): draft, plan, verify; gate.observe(survival)`` else run a plain round.
+    `policy` is the base verification policy of the drafted rounds (without ``+gate``).
     """
 
-    def __init__(self, sps: SPSTable, probe_every: int = DEFAULT_PROBE_EVERY, window: int = DEFAULT_WINDOW,
-                 max_probe_every: int = DEFAULT_MAX_PROBE_EVERY) -> None:
+    def __init__(self, sps: SPSTable, policy: str = "dspark-async", probe_every: int = DEFAULT_PROBE_EVERY,
+                 window: int = DEFAULT_WINDOW, max_probe_every: int = DEFAULT_MAX_PROBE_EVERY) -> None:
         for name, value in (("probe_every", probe_every), ("window", window), ("max_probe_every", max_probe_every)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-        self.sps, self.probe_every, self.max_probe_every = sps, probe_every, max(max_probe_every, probe_every)
+        base = parse_policy(policy)
+        self.sps, self.policy = sps, str(Policy(base.kind, base.param))
+        self.probe_every, self.max_probe_every = probe_every, max(max_probe_every, probe_every)
         self.interval = probe_every  # skipped rounds before the next probe
-        self.recent: deque[np.ndarray] = deque(maxlen=window)  # survival [R', γ] of the last drafted rounds
+        # the last drafted rounds: (survival [R', γ], {R: Θ_draft}) — Θ is computed once per request count
+        self.recent: deque[tuple[np.ndarray, dict[int, float]]] = deque(maxlen=window)
         self.skipped = 0  # consecutive rounds the gate has kept closed
         self.rounds_skipped = 0  # total, for reporting
 
@@ -84,12 +97,16 @@ class DraftGate:
         """Record the prefix survival [R', γ] of a round that drafted."""
         arr = _to_numpy(survival, "survival")
         if arr.shape[0] > 0:
-            self.recent.append(arr)
+            self.recent.append((arr, {}))
 
     def expected_gain(self, num_requests: int) -> float:
         """Mean over the recent drafted rounds of Θ_draft / Θ_plain at `num_requests` requests (> 1 pays)."""
-        plain = plain_throughput(self.sps, num_requests)
-        return float(np.mean([best_throughput(s, self.sps, num_requests) for s in self.recent])) / plain
+        thetas = []
+        for arr, cache in self.recent:
+            if num_requests not in cache:
+                cache[num_requests] = drafted_throughput(arr, self.sps, num_requests, self.policy)
+            thetas.append(cache[num_requests])
+        return float(np.mean(thetas)) / plain_throughput(self.sps, num_requests)
 
     def decide(self, num_requests: int) -> bool:
         """Draft this round, with `num_requests` active requests?"""

@@ -109,7 +109,7 @@ class _Engine:
         self.cfg, self.arrivals, self.table, self.acc = cfg, arrivals, table, acceptance
         policy = parse_policy(cfg.policy)
         self.drafting = policy.kind != "none"
-        self.gate = DraftGate(table) if policy.gate else None
+        self.gate = DraftGate(table, cfg.policy) if policy.gate else None
         closed = arrivals.closed_loop
         self.cap = arrivals.concurrency if closed else cfg.max_concurrency
         self.num_measured = cfg.num_requests or (max(64, 2 * arrivals.concurrency) if closed else 200)
