@@ -86,3 +86,18 @@ def test_rejection_rule_is_exact_and_test_catches_bias(rule, should_pass):
     counts = torch.bincount(out[:, 0], minlength=v).float()
     pvalue = chi_square_pvalue(counts, p)
     assert (pvalue > 1e-3) == should_pass, pvalue
+
+
+def test_sample_from_matches_the_distribution_exactly():
+    """χ² of 200,000 draws per row against the given law, zero-probability tokens never drawn."""
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.1, 0.1, 0.6, 0.0, 0.2]])
+    generator = torch.Generator().manual_seed(5)
+    draws = sample_from(probs.unsqueeze(1).expand(-1, 200_000, -1), generator)  # [3, N]
+    for row in range(3):
+        counts = torch.bincount(draws[row], minlength=5).float()
+        assert counts[probs[row] == 0].sum() == 0
+        support = probs[row] > 0
+        if support.sum() > 1:
+            assert chi_square_pvalue(counts[support], probs[row][support]) > 1e-4
+    skewed = torch.tensor([0.9, 0.1, 0.0, 0.0, 0.0])
+    assert chi_square_pvalue(torch.bincount(draws[0], minlength=5).float()[:2], skewed[:2] / skewed[:2].sum()) < 1e-6
