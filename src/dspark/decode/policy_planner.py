@@ -48,13 +48,12 @@ class PolicyPlanner:
             if self.needs_confidence:
                 raise ConfigError(f"policy {self.policy!r} needs a drafter with a confidence head")
             conf = torch.zeros(proposal.draft_ids.shape, device=proposal.draft_ids.device)
-        survival = conf.float().cumprod(dim=1)  # [R, K]
-        stale = self.history[0].cpu() if len(self.history) == 2 else None
-        lengths = plan_verify_lengths(survival.cpu(), self.sps, self.policy, stale_survival=stale, confidence=conf.float().cpu())
+        survival = conf.float().cumprod(dim=1).cpu()  # [R, K]
+        stale = self.history[0] if len(self.history) == 2 else None
+        lengths = plan_verify_lengths(survival, self.sps, self.policy, stale_survival=stale, confidence=conf.float().cpu())
         self.history.append(survival)
         if self.gate is not None:
-            rows = survival.cpu() if self.active is None else survival.cpu()[self.active]
-            self.gate.observe(rows)
+            self.gate.observe(survival if self.active is None else survival[self.active])
         return lengths.to(proposal.draft_ids.device)
 
 

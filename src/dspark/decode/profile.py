@@ -74,24 +74,18 @@ def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 
         runner = TargetRunner(target, layer_ids)
         runner.prefill(prompts)
         for w in sorted(set(int(x) for x in widths)):
-            tokens = torch.randint(0, target.vocab_size, (r, w), generator=gen).to(device)
-            full = torch.full((r,), w, device=device)
-            none = torch.zeros(r, dtype=torch.long, device=device)
-
-            def verify_round() -> None:
-                runner.verify(tokens, full)
-                runner.commit(none, w)
-
-            seconds = _median_seconds(verify_round, device, repeats, warmup)
+            seconds = _time_verify(runner, w, repeats, warmup, gen)
             rows.append({"requests": r, "width": w, "tokens": r * w, "seconds": seconds})
             best[r * w] = min(seconds, best.get(r * w, float("inf")))
             verify_at[r, w] = seconds
         if drafter is not None:
             del runner
 
-            def verify_time(w: int) -> float:
+            def verify_time(w: int) -> float:  # a drafted round's width may not be among --widths
                 if (r, w) not in verify_at:
-                    verify_at[r, w] = _verify_once(target, layer_ids, prompts, w, repeats, warmup, gen)
+                    fresh = TargetRunner(target, layer_ids)
+                    fresh.prefill(prompts)
+                    verify_at[r, w] = _time_verify(fresh, w, repeats, warmup, gen)
                 return verify_at[r, w]
 
             plain, drafted = _round_seconds(target, drafter, prompts, repeats, round_tokens // 4, round_tokens)
@@ -107,13 +101,10 @@ def profile_sps(target: Any, drafter: Any = None, requests: Sequence[int] = (1, 
     return table, rows
 
 
-def _verify_once(target: Any, layer_ids: Any, prompts: list[list[int]], width: int, repeats: int, warmup: int,
-                 gen: torch.Generator) -> float:
-    """Verify-forward seconds at [R, width] (for a drafted round's width when --widths does not list it)."""
-    runner = TargetRunner(target, layer_ids)
-    runner.prefill(prompts)
-    rows, device = len(prompts), target.device
-    tokens = torch.randint(0, target.vocab_size, (rows, width), generator=gen).to(device)
+def _time_verify(runner: TargetRunner, width: int, repeats: int, warmup: int, gen: torch.Generator) -> float:
+    """Median seconds of one verify forward over [R, width] plus a commit that keeps nothing."""
+    rows, device = runner.lengths.shape[0], runner.device
+    tokens = torch.randint(0, runner.target.vocab_size, (rows, width), generator=gen).to(device)
     full, none = torch.full((rows,), width, device=device), torch.zeros(rows, dtype=torch.long, device=device)
 
     def verify_round() -> None:
