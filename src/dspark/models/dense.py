@@ -1,0 +1,180 @@
+"""`DenseLM`: the engine's own forward for dense Qwen3 / Qwen2 / Llama / Mistral targets over paged KV.
+
+One step runs every token of a `FlatBatch` (prefill chunks, decode tokens and verify blocks of all
+requests, back to back) through the decoder: embedding -> L x [RMSNorm -> fused QKV -> (q/k RMSNorm)
+-> rotary -> write K/V to the pages -> paged attention -> o_proj -> residual -> RMSNorm -> fused
+gate/up -> SiLU -> down -> residual] -> final RMSNorm -> LM head at `logits_indices` only. The same
+pass returns the drafter's features: raw outputs of the decoder layers in `feature_layer_ids`
+concatenated in list order (id -1 = embedding output), i.e. HF ``hidden_states[i + 1]``, and the
+final-normed hidden (HF ``hidden_states[-1]``). The math follows transformers (RMSNorm in float32,
+rotate-half rotary from float32 frequencies, SDPA with scale D^-0.5), so in float32 it matches it to
+rounding. Attention is pluggable (`PagedAttentionFn`): the plain-PyTorch reference by default.
+
+Flow: engine scheduler -> FlatBatch -> DenseLM.forward (+ PagedKVCache) -> logits / features -> verify, drafter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dspark.drafters.layers import RMSNorm, apply_rotary
+from dspark.engine.batch import FlatBatch
+from dspark.engine.kv_cache import PagedKVCache
+from dspark.errors import IncompatibleModelsError
+from dspark.models.config import DenseConfig
+from dspark.models.paged_attention import PagedAttentionFn, paged_attention
+from dspark.models.weights import StateDictSource, WeightSource, dense_state_dict
+
+
+@dataclass
+class DenseOutput:
+    logits: torch.Tensor  # [M, V] at batch.logits_indices, model dtype
+    last_hidden: torch.Tensor  # [N, d] final-normed hidden of every token
+    features: torch.Tensor | None  # [N, n·d] raw layer outputs at feature_layer_ids (None: not asked)
+
+
+class HFConfigLike(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class HFModelLike(Protocol):
+    """What `from_hf_model` reads from a loaded `transformers` causal LM."""
+
+    config: HFConfigLike
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [N] -> cos, sin [N, 1, D] (computed in float32, cast like transformers)."""
+    freqs = positions.float()[:, None] * inv_freq.float()[None, :]  # [N, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None, :]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class DenseLayer(nn.Module):
+    """One pre-norm decoder layer with fused QKV and fused gate/up projections."""
+
+    def __init__(self, cfg: DenseConfig) -> None:
+        super().__init__()
+        d, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.splits = [cfg.q_size, cfg.kv_size, cfg.kv_size]
+        self.scale = cfg.head_dim ** -0.5
+        self.input_layernorm = RMSNorm(d, eps)
+        self.qkv_proj = nn.Linear(d, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, eps) if cfg.qk_norm else None
+        self.o_proj = nn.Linear(cfg.q_size, d, bias=cfg.o_bias)
+        self.post_attention_layernorm = RMSNorm(d, eps)
+        self.gate_up_proj = nn.Linear(d, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, d, bias=cfg.mlp_bias)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: FlatBatch, kv: PagedKVCache,
+                layer: int, attention: PagedAttentionFn) -> torch.Tensor:
+        """h [N, d] -> [N, d]; writes this step's K/V of `layer` to `batch.slot_mapping` first."""
+        n = h.shape[0]
+        q, k, v = self.qkv_proj(self.input_layernorm(h)).split(self.splits, dim=-1)
+        q = q.view(n, self.num_heads, self.head_dim)
+        k = k.view(n, self.num_kv_heads, self.head_dim)
+        v = v.view(n, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        kv.write(layer, batch.slot_mapping, k, v)
+        out = attention(q, kv.k[layer], kv.v[layer], batch, self.scale)  # [N, H, D]
+        h = h + self.o_proj(out.reshape(n, -1))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
+        return h + self.down_proj(F.silu(gate) * up)
+
+
+class DenseLM(nn.Module):
+    def __init__(self, config: DenseConfig, attention: PagedAttentionFn = paged_attention) -> None:
+        super().__init__()
+        self.config = config
+        self.attention = attention
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DenseLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.register_buffer("inv_freq", config.inv_freq(), persistent=False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "DenseLM":
+        # `.to(bfloat16)` would round the rotary frequencies too; transformers keeps them in float32
+        super()._apply(fn, recurse)
+        self.inv_freq = self.config.inv_freq().to(self.inv_freq.device)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def new_kv_cache(self, num_pages: int, page_size: int) -> PagedKVCache:
+        """An empty paged cache shaped for this model (its dtype and device)."""
+        cfg = self.config
+        return PagedKVCache(cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+
+    def forward(self, batch: FlatBatch, kv: PagedKVCache, feature_layer_ids: list[int] | None = None) -> DenseOutput:
+        """One engine step over every token of `batch`; K/V of its tokens land in `kv`."""
+        ids = self._check_feature_ids(feature_layer_ids)
+        h = self.embed(batch.input_ids)  # [N, d]
+        cos, sin = rope_cos_sin(batch.positions, self.inv_freq, h.dtype)
+        saved: dict[int, torch.Tensor] = {-1: h} if -1 in ids else {}
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, batch, kv, i, self.attention)
+            if i in ids:
+                saved[i] = h
+        last = self.norm(h)
+        logits = self.lm_head(last[batch.logits_indices])  # [M, V]
+        if feature_layer_ids is None:
+            features = None
+        else:
+            features = torch.cat([saved[i] for i in ids], dim=-1) if ids else last[:, :0]
+        return DenseOutput(logits=logits, last_hidden=last, features=features)
+
+    def _check_feature_ids(self, feature_layer_ids: list[int] | None) -> list[int]:
+        ids = [int(i) for i in feature_layer_ids or []]
+        last = self.config.num_layers - 1
+        bad = [i for i in ids if not -1 <= i < last]
+        if bad:
+            raise IncompatibleModelsError(
+                f"feature layer id(s) {bad} out of range: allowed are -1 (embeddings) and 0..{last - 1} (the last "
+                "layer is excluded: HF returns it after the final norm; use last_hidden)")
+        return ids
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_weights(cls, config: DenseConfig, source: WeightSource, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu", attention: PagedAttentionFn = paged_attention) -> "DenseLM":
+        """Build the model with its weights from `source` (HF names), without a random init first."""
+        with torch.device("meta"):
+            model = cls(config, attention)
+        expected = {name: t.shape for name, t in model.state_dict().items()}
+        if config.tie_word_embeddings:
+            expected.pop("lm_head.weight")
+        model.load_state_dict(dense_state_dict(expected, source, dtype, device), strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.embed.weight
+        model.inv_freq = config.inv_freq().to(device)
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_hf_model(cls, model: HFModelLike, attention: PagedAttentionFn = paged_attention) -> "DenseLM":
+        """The same weights as an already-loaded `transformers` causal LM (same dtype and device)."""
+        first = next(iter(model.parameters()))
+        return cls.from_weights(DenseConfig.from_dict(model.config.to_dict()), StateDictSource(model.state_dict()),
+                                dtype=first.dtype, device=first.device, attention=attention)
