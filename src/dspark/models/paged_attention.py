@@ -33,6 +33,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                     scale: float) -> torch.Tensor:
     """Prefix-plus-causal attention of every flat query token over its sequence's cached K/V."""
     num_tokens, heads, head_dim = q.shape
+    if num_tokens == 0:
+        return torch.empty_like(q)
     page_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     q_lens = batch.query_lens()  # [B]
     kv_lens = batch.context_lens + q_lens  # [B] keys per sequence, this step's included
