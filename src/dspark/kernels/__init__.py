@@ -1,0 +1,22 @@
+"""Triton kernels for the fast GPU runner: KV stores and paged attention over the engine's block tables.
+
+Triton is optional (the ``[gpu]`` extra): without it this package imports, ``HAS_TRITON`` is False and
+the names below are absent, so callers fall back to the plain PyTorch path
+(`dspark.models.paged_attention`, `PagedKVCache.write`). On the CPU the kernels run only under
+Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import), which the tests use.
+"""
+
+from __future__ import annotations
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # CPU-only installs
+    HAS_TRITON = False
+else:
+    HAS_TRITON = True
+    from dspark.kernels.paged_attention import (AttentionPlan, paged_attention, paged_decode_attention,
+                                                paged_extend_attention, plan_attention)
+    from dspark.kernels.store_kv import store_kv
+
+__all__ = ["HAS_TRITON", "AttentionPlan", "paged_attention", "paged_decode_attention", "paged_extend_attention",
+           "plan_attention", "store_kv"]

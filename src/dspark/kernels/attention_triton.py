@@ -1,0 +1,142 @@
+"""The Triton programs behind `dspark.kernels.paged_attention`: one split-K paged attention kernel and its combine pass.
+
+`_paged_attn_kernel` handles a tile of ``BLOCK_M`` query tokens of one sequence times the ``GROUP``
+query heads that share one kv head (GQA), so those heads read each K/V tile once; the tile's rows are
+``(token, head-in-group)`` pairs, padded to a power of two and to at least 16 rows for `tl.dot`.
+Decode is the same program with ``BLOCK_M = 1``. Keys are read through the block table token by token
+(``page = block_table[pos // PAGE_SIZE]``), so any page size works and pages need not be contiguous.
+Each query at absolute position ``context_len + i`` sees every position ``<= context_len + i``
+(cached prefix plus causal over the new tokens, whose K/V are already in the cache).
+
+The kv axis can be cut into ``num_splits`` ranges of ``split_len`` positions (flash-decoding): each
+program then writes a normalised partial output and its log2-sum-exp, and `_combine_kernel` merges
+the splits. With one split the program writes the final output directly.
+
+``DOT_UPCAST`` exists for Triton's CPU interpreter only, whose `tl.dot` gives garbage for bf16 operands
+(Triton 3.9); the wrapper sets it there, never on a GPU.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _paged_attn_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr,
+    query_start_ptr, context_lens_ptr, block_tables_ptr,
+    scale_log2e,
+    stride_qn, stride_qh,
+    stride_kp, stride_ks, stride_kh,
+    stride_vp, stride_vs, stride_vh,
+    stride_on, stride_oh, stride_os,
+    stride_ln, stride_lh,
+    stride_bt,
+    num_q_tiles, split_len,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    seq = pid // num_q_tiles
+    tile = pid % num_q_tiles
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+
+    q_start = tl.load(query_start_ptr + seq).to(tl.int32)
+    q_len = tl.load(query_start_ptr + seq + 1).to(tl.int32) - q_start
+    t0 = tile * BLOCK_M
+    if t0 >= q_len:
+        return
+    ctx = tl.load(context_lens_ptr + seq).to(tl.int32)
+
+    # rows of the tile: (token t0 + r // BLOCK_G, head kv_head * GROUP + r % BLOCK_G)
+    offs_r = tl.arange(0, BLOCK_M * BLOCK_G)
+    tok = t0 + offs_r // BLOCK_G
+    g = offs_r % BLOCK_G
+    row_valid = (tok < q_len) & (g < GROUP)
+    head = kv_head * GROUP + g
+    q_pos = ctx + tok
+    flat_tok = (q_start + tok).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_valid = offs_d < HEAD_DIM
+
+    q = tl.load(q_ptr + flat_tok[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_valid[:, None] & d_valid[None, :], other=0.0)  # [M, D]
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+
+    # kv range of this split, cut at the tile's last query position (causal)
+    last_pos = ctx + tl.minimum(t0 + BLOCK_M, q_len) - 1
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, last_pos + 1)
+
+    # finite floor instead of -inf keeps alpha = exp2(m_i - m_new) NaN-free for rows that see no key
+    m_i = tl.full([BLOCK_M * BLOCK_G], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M * BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M * BLOCK_G, BLOCK_D], dtype=tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    for start in range(lo, hi, BLOCK_N):
+        kv_pos = start + tl.arange(0, BLOCK_N)
+        kv_valid = kv_pos < hi
+        page = tl.load(bt_row + kv_pos // PAGE_SIZE, mask=kv_valid, other=0)
+        page = tl.maximum(page, 0).to(tl.int64)  # padded table entries (-1) read page 0, never out of bounds
+        in_page = kv_pos % PAGE_SIZE
+        k_off = page * stride_kp + in_page * stride_ks + kv_head * stride_kh
+        v_off = page * stride_vp + in_page * stride_vs + kv_head * stride_vh
+        k = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None],
+                    mask=kv_valid[None, :] & d_valid[:, None], other=0.0)  # [D, N]
+        v = tl.load(v_cache_ptr + v_off[:, None] + offs_d[None, :],
+                    mask=kv_valid[:, None] & d_valid[None, :], other=0.0)  # [N, D]
+        if DOT_UPCAST:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        qk = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2e  # [M, N], log2 domain
+        visible = (kv_pos[None, :] <= q_pos[:, None]) & kv_valid[None, :]
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    o_ptrs = out_ptr + flat_tok[:, None] * stride_on + head[:, None] * stride_oh + offs_d[None, :]
+    o_mask = row_valid[:, None] & d_valid[None, :]
+    if SPLIT:
+        tl.store(o_ptrs + split * stride_os, out, mask=o_mask)
+        lse = tl.where(seen, m_i + tl.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + flat_tok * stride_ln + head * stride_lh + split, lse, mask=row_valid)
+    else:
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _combine_kernel(
+    part_ptr, lse_ptr, out_ptr,
+    stride_pn, stride_ph, stride_ps,
+    stride_ln, stride_lh,
+    stride_on, stride_oh,
+    num_heads, num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Merge the splits of BLOCK_H heads of one token: out = sum_s 2^lse_s o_s / sum_s 2^lse_s."""
+    n = tl.program_id(0).to(tl.int64)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    hs_valid = (offs_h[:, None] < num_heads) & (offs_s[None, :] < num_splits)  # [H, S]
+    lse = tl.load(lse_ptr + n * stride_ln + offs_h[:, None] * stride_lh + offs_s[None, :], mask=hs_valid,
+                  other=float("-inf"))
+    m = tl.max(lse, 1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m[:, None])  # [H, S]; 0 for empty splits
+    denom = tl.sum(w, 1)
+    d_valid = offs_d < HEAD_DIM
+    parts = tl.load(part_ptr + n * stride_pn + offs_h[:, None, None] * stride_ph + offs_s[None, :, None] * stride_ps
+                    + offs_d[None, None, :], mask=hs_valid[:, :, None] & d_valid[None, None, :], other=0.0)  # [H, S, D]
+    out = tl.sum(w[:, :, None] * parts, 1) / tl.where(denom > 0, denom, 1.0)[:, None]  # [H, D]
+    tl.store(out_ptr + n * stride_on + offs_h[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=(offs_h[:, None] < num_heads) & d_valid[None, :])

@@ -1,0 +1,184 @@
+"""Paged attention on the engine's KV cache through Triton: decode, extend (verify / chunked prefill) and one dispatcher.
+
+Where it sits: the fast runner's attention layers call `paged_attention` after `store_kv` has written
+the step's K/V; `dspark.models.paged_attention` is the plain PyTorch reference with the same signature
+(CPU and eager fallback, and the oracle the tests compare with). Layout as in `dspark.engine.kv_cache`
+and `dspark.engine.batch`: q ``[N, H, D]`` flat over the batch's tokens, caches
+``[num_pages, page_size, Hkv, D]``, sequence ``b``'s tokens ``query_start[b]:query_start[b+1]`` sit at
+positions ``context_lens[b] + i`` and see every cached position up to their own.
+
+Nothing here reads a device tensor on the host: the launch shape comes from the Python ints
+``max_query_len`` and ``max_context_len``, so a call can be captured in a CUDA graph. They are upper
+bounds (a graph captures with its promised maxima); positions beyond ``max_context_len +
+max_query_len`` are not read. Left as ``None`` they are read off the batch, which synchronises.
+Outputs of tokens past ``query_start[-1]`` (graph padding) are unspecified.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from dspark.engine.batch import FlatBatch
+from dspark.kernels.attention_triton import _combine_kernel, _paged_attn_kernel
+from dspark.kernels.store_kv import _last_dim_contiguous
+
+LOG2E = math.log2(math.e)
+MIN_SPLIT_TOKENS = 128  # only decode and one-tile verify batches split; a split shorter than this costs more in its combine traffic than it buys in parallelism
+_INTERPRETED = type(_paged_attn_kernel).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1 at import
+PROGRAMS_PER_SM = 4
+COMBINE_TILE = 8192  # partial-output elements one combine program holds (64 fp32 registers a thread at 4 warps)  # split the kv axis until the grid holds about this many programs per multiprocessor
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Launch shape of one paged attention call (all Python ints: fixed for a captured graph)."""
+
+    block_m: int  # query tokens per tile
+    block_g: int  # query heads per kv head, padded
+    block_n: int  # kv positions per inner step
+    block_d: int  # head dim, padded
+    num_q_tiles: int  # tiles per sequence (grid axis 0 is num_seqs * num_q_tiles)
+    num_splits: int  # kv ranges per (tile, kv head), merged by the combine pass when > 1
+    split_len: int  # positions per kv range, a multiple of block_n
+    num_warps: int
+    num_stages: int
+
+
+def plan_attention(num_seqs: int, num_kv_heads: int, group: int, head_dim: int, max_query_len: int,
+                   max_kv_len: int, num_sms: int, elem_bytes: int = 2, num_splits: int | None = None) -> AttentionPlan:
+    """Choose tiles and the split-K factor for a batch with these maxima (pure; see module docstring)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_g = triton.next_power_of_2(group)
+    if max_query_len <= 1:  # decode: one token, the GQA group padded to the 16 rows tl.dot needs
+        block_m, block_g = 1, max(16, block_g)
+    else:  # verify blocks fit one 64-row tile; long chunks take 128-row tiles
+        rows_cap = 64 if max_query_len * block_g <= 64 else 128
+        block_m = min(triton.next_power_of_2(max_query_len), max(1, rows_cap // block_g))
+        block_m = max(block_m, 16 // min(block_g, 16))
+    rows = block_m * block_g
+    block_n = 64 if block_d <= 128 else 32
+    num_warps = 4 if rows <= 64 else 8
+    num_stages = 3 if elem_bytes <= 2 else 2
+    num_q_tiles = triton.cdiv(max(max_query_len, 1), block_m)
+    max_kv_len = max(max_kv_len, 1)
+    if num_splits is None and num_q_tiles > 1:
+        num_splits = 1  # prefill chunks have tiles enough to fill the GPU; their partials would cost real traffic
+    elif num_splits is None:
+        programs = max(num_seqs * num_q_tiles * num_kv_heads, 1)
+        num_splits = min(triton.cdiv(PROGRAMS_PER_SM * num_sms, programs), triton.cdiv(max_kv_len, MIN_SPLIT_TOKENS))
+    num_splits = max(1, num_splits)
+    split_len = triton.cdiv(triton.cdiv(max_kv_len, num_splits), block_n) * block_n
+    num_splits = triton.cdiv(max_kv_len, split_len)
+    return AttentionPlan(block_m, block_g, block_n, block_d, num_q_tiles, num_splits, split_len, num_warps, num_stages)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch, scale: float, *,
+                    max_query_len: int | None = None, max_context_len: int | None = None,
+                    num_splits: int | None = None) -> torch.Tensor:
+    """Attention of q `[N, H, D]` over the paged cache for every sequence of `batch` -> `[N, H, D]`.
+
+    Dispatches to `paged_decode_attention` when ``max_query_len == 1`` and `paged_extend_attention`
+    otherwise. `num_splits` overrides the split-K heuristic (tests, tuning).
+    """
+    if max_query_len is None:
+        max_query_len = int(batch.query_lens().max()) if batch.num_seqs else 0
+    args = (q, k_cache, v_cache, batch.query_start, batch.context_lens, batch.block_tables, scale)
+    if max_query_len <= 1:
+        return paged_decode_attention(*args, max_context_len=max_context_len, num_splits=num_splits)
+    return paged_extend_attention(*args, max_query_len=max_query_len, max_context_len=max_context_len,
+                                  num_splits=num_splits)
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
+                           context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
+                           max_context_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """One query token per sequence (q `[B, H, D]`): split-K over the pages, then a combine pass."""
+    return _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, 1, max_context_len, num_splits)
+
+
+def paged_extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
+                           context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *,
+                           max_query_len: int | None = None, max_context_len: int | None = None,
+                           num_splits: int | None = None) -> torch.Tensor:
+    """Several query tokens per sequence (verify blocks, prefill chunks): cached prefix plus causal."""
+    if max_query_len is None:
+        max_query_len = int((query_start[1:] - query_start[:-1]).max()) if context_lens.numel() else 0
+    return _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, max_query_len,
+                   max_context_len, num_splits)
+
+
+def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
+            context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, max_query_len: int,
+            max_context_len: int | None, num_splits: int | None) -> torch.Tensor:
+    num_tokens, num_heads, head_dim = q.shape
+    _, page_size, num_kv_heads, _ = k_cache.shape
+    _check(q, k_cache, v_cache, num_heads, num_kv_heads, head_dim)
+    q = _last_dim_contiguous(q)
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    num_seqs = context_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if max_context_len is None:
+        max_context_len = int(context_lens.max())
+    group = num_heads // num_kv_heads
+    plan = plan_attention(num_seqs, num_kv_heads, group, head_dim, max_query_len, max_context_len + max_query_len,
+                          _num_sms(q.device), q.element_size(), num_splits)
+    split = plan.num_splits > 1
+    if split:
+        part = torch.empty((num_tokens, num_heads, plan.num_splits, head_dim), dtype=torch.float32, device=q.device)
+        lse = torch.empty((num_tokens, num_heads, plan.num_splits), dtype=torch.float32, device=q.device)
+        dst, o_strides, l_strides = part, part.stride()[:3], lse.stride()[:2]
+    else:
+        lse, dst, o_strides, l_strides = out, out, (*out.stride()[:2], 0), (0, 0)
+    grid = (num_seqs * plan.num_q_tiles, num_kv_heads, plan.num_splits)
+    upcast = q.dtype == torch.bfloat16 and _INTERPRETED
+    _paged_attn_kernel[grid](
+        q, k_cache, v_cache, dst, lse, query_start, context_lens, block_tables,
+        scale * LOG2E,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        *o_strides, *l_strides, block_tables.stride(0),
+        plan.num_q_tiles, plan.split_len,
+        GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
+        BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+        SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+    if split:
+        block_s = triton.next_power_of_2(plan.num_splits)
+        block_h = min(triton.next_power_of_2(num_heads), max(1, COMBINE_TILE // (block_s * plan.block_d)))
+        _combine_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
+            part, lse, out, *part.stride()[:3], *lse.stride()[:2], *out.stride()[:2], num_heads, plan.num_splits,
+            HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=plan.block_d, num_warps=4,
+        )
+    return out
+
+
+def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, num_kv_heads: int,
+           head_dim: int) -> None:
+    if k_cache.shape != v_cache.shape or k_cache.shape[3] != head_dim:
+        raise ValueError(f"cache shapes {tuple(k_cache.shape)}, {tuple(v_cache.shape)} do not fit q {tuple(q.shape)}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} kv heads")
+    if not q.dtype == k_cache.dtype == v_cache.dtype:
+        raise ValueError(f"q and cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("the KV cache's head dim must be contiguous")
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms_of(device_type: str, index: int | None) -> int:
+    if device_type == "cuda":
+        return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()) \
+            .multi_processor_count
+    return 4  # the CPU interpreter: any small number
+
+
+def _num_sms(device: torch.device) -> int:
+    return _num_sms_of(device.type, device.index)
