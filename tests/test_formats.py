@@ -7,7 +7,7 @@ import torch
 
 from conftest import fixture_case, tiny_drafter
 from dspark import load_drafter
-from dspark.errors import CheckpointError, IncompatibleModelsError
+from dspark.errors import CheckpointError, DSparkError, IncompatibleModelsError
 from dspark.formats import export_drafter, read_drafter_config, save_drafter
 
 METHODS = [("dspark", {"markov_head_type": "vanilla"}), ("dspark", {"markov_head_type": "gated"}),
@@ -82,7 +82,7 @@ def test_bad_checkpoints(qwen3_target, llama_target, tmp_path):
     (tmp_path / "cfg" / "config.json").write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="unknown drafter architecture"):
         load_drafter(tmp_path / "cfg")
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(DSparkError, match="already exists"):
         save_drafter(tiny_drafter(qwen3_target, "dspark"), tmp_path / "cfg")
 
 

@@ -50,10 +50,11 @@ def setup(tmp_path_factory):
     return root
 
 
-def _torchrun(root: Path, out: Path, *overrides: str) -> None:
+def _torchrun(root: Path, out: Path, *overrides: str, resume: bool = False) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dspark", "train",
-           "--config", str(root / "config.json"), "--set", f"output_dir={out}", *[a for o in overrides for a in ("--set", o)]]
+           "--config", str(root / "config.json"), "--set", f"output_dir={out}", *[a for o in overrides for a in ("--set", o)],
+           *(["--resume"] if resume else [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -121,5 +122,5 @@ def test_fsdp_resume_under_torchrun(setup):
     shutil.copytree(fsdp, killed)
     shutil.rmtree(killed / "checkpoints" / "step-00000004")
     shutil.rmtree(killed / "final")
-    _torchrun(root, killed, "fsdp=true")
+    _torchrun(root, killed, "fsdp=true", resume=True)
     _assert_same_run(killed, fsdp)

@@ -48,7 +48,7 @@ def test_resume_equals_uninterrupted_bitwise(setup):
     part = Trainer(small_config(tdir, data, root / "part", max_steps=6, save_every=3))
     part.fit(stop_at=4)  # "killed" during step 4, after the step-3 checkpoint
     assert not (root / "part" / "final").exists()
-    resumed = Trainer(small_config(tdir, data, root / "part", max_steps=6, save_every=3))
+    resumed = Trainer(small_config(tdir, data, root / "part", max_steps=6, save_every=3), resume=True)
     assert resumed.step == 3
     resumed.fit()
     a = load_drafter(root / "full" / "final").state_dict()

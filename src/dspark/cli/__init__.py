@@ -3,7 +3,8 @@
 Each command lives in its own module under `dspark.cli` and exposes `add_arguments(parser)` and
 `run(args) -> int`. This file only wires them together; a module that is missing (an optional part
 not installed) is skipped. Library errors (`DSparkError` and friends) become one clear line on
-stderr and a non-zero exit code instead of a traceback.
+stderr and a non-zero exit code instead of a traceback. Every flag is checked against its declared
+range (`dspark.cli.validation`) before the command runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dspark.cli.validation import validate_args
     from dspark.errors import DSparkError
 
     parser = build_parser()
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        validate_args(args)
         return int(runner(args) or 0)
     except DSparkError as exc:
         print(f"dspark: error: {exc}", file=sys.stderr)

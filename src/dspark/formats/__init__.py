@@ -8,6 +8,7 @@ vocabulary, layer count and ids) and fills a missing embedding / LM head from th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,17 @@ from dspark.drafters import build_drafter
 from dspark.drafters.config import DrafterConfig
 from dspark.errors import CheckpointError, IncompatibleModelsError
 from dspark.formats.deepspec import from_deepspec_config, to_deepspec_config
-from dspark.formats.io import load_weights, read_json, save_weights, write_dir_atomically, write_json
+from dspark.formats.io import load_weights, read_json, save_weights, write_json
 from dspark.formats.specforge import from_specforge_config, to_specforge_config
+from dspark.output_dir import OutputKind, check_output_dir, write_output_dir
 
 FORMATS = ("deepspec", "specforge")
 _FROZEN = ("embed_tokens.weight", "lm_head.weight")
 LEAN_KEY = "dspark_frozen_from_target"  # config flag of a checkpoint saved without embedding / LM head
+# What a drafter checkpoint directory may hold (its own files, calibrate's report, a trainer's state).
+CHECKPOINT = OutputKind("drafter checkpoint", frozenset({
+    "config.json", "model.safetensors", "trainer_state.pt", "calibration.json", "calibration_reliability.png",
+    "training_summary.json"}))
 
 
 def detect_format(raw: dict[str, Any]) -> str:
@@ -85,11 +91,14 @@ def load_drafter(path: str | Path, target: Any = None, device: str | torch.devic
 
 
 def save_drafter(drafter: nn.Module, out_dir: str | Path, fmt: str = "deepspec", overwrite: bool = False,
-                 extra_files: dict[str, Any] | None = None, include_frozen: bool = True) -> Path:
+                 extra_files: dict[str, Any] | None = None, include_frozen: bool = True,
+                 write_extra: Callable[[Path], None] | None = None, flag: str = "--out") -> Path:
     """Write config.json + model.safetensors atomically in `fmt` ("deepspec" or "specforge").
 
     `include_frozen=False` leaves out the embedding and LM head (copies of the target's): a lean
-    checkpoint that `load_drafter(path, target=...)` completes from the target.
+    checkpoint that `load_drafter(path, target=...)` completes from the target. `extra_files` are JSON
+    files and `write_extra(directory)` writes more files, both into the checkpoint before it is installed.
+    An existing `out_dir` follows `dspark.output_dir` (`overwrite` replaces only a checkpoint dspark wrote).
     """
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
@@ -98,8 +107,10 @@ def save_drafter(drafter: nn.Module, out_dir: str | Path, fmt: str = "deepspec",
         write_drafter_files(drafter, tmp, fmt, include_frozen)
         for name, obj in (extra_files or {}).items():
             write_json(tmp / name, obj)
+        if write_extra is not None:
+            write_extra(tmp)
 
-    return write_dir_atomically(out_dir, fill, overwrite=overwrite)
+    return write_output_dir(out_dir, CHECKPOINT, fill, overwrite=overwrite, flag=flag)
 
 
 def write_drafter_files(drafter: nn.Module, directory: Path, fmt: str = "deepspec", include_frozen: bool = True) -> None:
@@ -116,8 +127,10 @@ def write_drafter_files(drafter: nn.Module, directory: Path, fmt: str = "deepspe
 
 
 def export_drafter(src: str | Path, out_dir: str | Path, fmt: str, overwrite: bool = False) -> Path:
-    """Convert a checkpoint directory to `fmt`, tensors unchanged."""
+    """Convert a checkpoint directory to `fmt`, tensors unchanged (the output is checked before loading)."""
+    check_output_dir(out_dir, CHECKPOINT, overwrite)
     return save_drafter(load_drafter(src), out_dir, fmt=fmt, overwrite=overwrite)
 
 
-__all__ = ["load_drafter", "save_drafter", "write_drafter_files", "export_drafter", "read_drafter_config", "detect_format", "check_compatible", "FORMATS"]
+__all__ = ["load_drafter", "save_drafter", "write_drafter_files", "export_drafter", "read_drafter_config", "detect_format",
+           "check_compatible", "FORMATS", "CHECKPOINT"]

@@ -1,8 +1,10 @@
 """`TrainConfig`: every knob of `dspark train`, with DeepSpec's recipe as the defaults (SPEC §2.5).
 
 Config files (JSON or TOML) hold only what differs from these defaults; `--set key=value` overrides
-single fields (values parsed as JSON when they parse, else kept as strings). The resolved config is
-written beside the outputs as `train_config.json`.
+single fields (values parsed as JSON when they parse, else kept as strings). Every numeric field is
+checked against its range in `RANGES` when the config is made (zero anchors, a negative learning rate or
+`max_steps = 0` are refused with one line). The resolved config is written beside the outputs as
+`train_config.json`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from dspark.errors import ConfigError
+from dspark.ranges import AT_LEAST_ONE, FRACTION, MAX_TOKENS, NON_NEGATIVE, POSITIVE, Range, check_device
+
+# Valid values of the numeric fields (None, where a field allows it, means "derive it").
+RANGES: dict[str, Range] = {
+    "num_draft_layers": AT_LEAST_ONE, "block_size": AT_LEAST_ONE, "num_anchors": AT_LEAST_ONE,
+    "target_layer_ids": NON_NEGATIVE, "markov_rank": Range(0, note="0: no Markov head"),
+    "max_length": Range(2, MAX_TOKENS), "eval_fraction": Range(0, 1, open_high=True),
+    "lr": POSITIVE, "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE, "grad_clip": POSITIVE,
+    "epochs": POSITIVE, "max_steps": AT_LEAST_ONE, "global_batch": AT_LEAST_ONE, "micro_batch": AT_LEAST_ONE,
+    "loss_ce": NON_NEGATIVE, "loss_tv": NON_NEGATIVE, "loss_conf": NON_NEGATIVE, "slot_decay": POSITIVE,
+    "seed": Range(0), "log_every": AT_LEAST_ONE, "eval_every": AT_LEAST_ONE, "save_every": AT_LEAST_ONE,
+    "keep_checkpoints": Range(0, note="0: keep all"), "max_eval_samples": AT_LEAST_ONE,
+}
 
 
 @dataclass
@@ -66,8 +81,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in ("dspark", "dflash", "eagle3", "mtp"):
             raise ConfigError(f"unknown method {self.method!r}; choose dspark, dflash, eagle3 or mtp")
-        if self.global_batch < 1 or self.micro_batch < 1:
-            raise ConfigError("global_batch and micro_batch must be >= 1")
+        for key, valid in RANGES.items():
+            valid.check(f"training config key {key!r}", getattr(self, key))
+        if self.loss_ce + self.loss_tv + self.loss_conf == 0:
+            raise ConfigError("loss_ce, loss_tv and loss_conf are all 0: nothing would be trained")
+        check_device("training config key 'device'", self.device)
         if isinstance(self.data, str):
             self.data = [self.data]
 

@@ -8,7 +8,9 @@ divided by the GLOBAL weight of supervised slots (summed over accumulation and r
 forward), so the gradient equals that of one big batch. AdamW, linear warm-up then cosine to 0,
 gradient clipping, bf16 autocast on CUDA with fp32 master weights. Checkpoints (DeepSpec format +
 trainer state) are atomic and hold full weights and optimizer state also under FSDP (gathered to rank
-0); a restarted run resumes from the newest one and continues exactly (bit-identical on CPU).
+0); a run started with `resume=True` continues the newest one exactly (bit-identical on CPU), after
+`train.resume` has checked that target, data and settings match it. Each step's metrics line is
+made durable before that step's checkpoint, so a resumed run never lacks one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,12 @@ from dspark.drafters import build_drafter, config_from_target
 from dspark.errors import ConfigError
 from dspark.formats import save_drafter
 from dspark.targets import load_target
-from dspark.train.checkpoints import latest_checkpoint, save_checkpoint
+from dspark.train.checkpoints import save_checkpoint
 from dspark.train.config import TrainConfig
 from dspark.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from dspark.train.losses import LossWeights
 from dspark.train.objectives import OBJECTIVES
+from dspark.train.resume import check_resume, data_fingerprint, open_run_dir, prepare_run_dir, restore_metrics
 from dspark.train.stream import micro_seed, step_indices
 
 log = logging.getLogger(__name__)
@@ -79,16 +83,22 @@ def drafter_overrides(cfg: TrainConfig) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
         if not cfg.target:
             raise ConfigError("training needs `target` (a model directory or hub id)")
         if not cfg.cache and not cfg.data:
             raise ConfigError("training needs `data` (JSONL files, online mode) or `cache` (a target-cache directory)")
         self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.resume_from = open_run_dir(self.out, resume)  # before loading anything: a wrong directory fails now
         self.dist, self.device = init_distributed(cfg.device)
         torch.manual_seed(cfg.seed)
         online = not cfg.cache
         cuda = self.device.type == "cuda"
+        from dspark.formats.io import check_weight_files, load_weights
+
+        if Path(cfg.target).is_dir():
+            check_weight_files(Path(cfg.target))
         self.target = load_target(cfg.target, dtype=cfg.target_dtype if cuda else "float32",
                                   device=self.device if online else "cpu")
         self.drafter = build_drafter(config_from_target(self.target, cfg.method, **drafter_overrides(cfg)))
@@ -98,13 +108,17 @@ class Trainer:
         self.train_set, self.eval_set = self._datasets()
         if len(self.train_set) == 0:
             raise ConfigError("no training samples left after filtering and the eval split")
+        self.identity = {"target_fingerprint": self.target.fingerprint(),
+                         "data_fingerprint": data_fingerprint(cfg, self.train_set.dataset)}
         self.weights = LossWeights(cfg.loss_ce, cfg.loss_tv, cfg.loss_conf, cfg.slot_decay)
-        self.out = Path(cfg.output_dir)
-        self.resume_from = latest_checkpoint(self.out)
+        state = None
         if self.resume_from is not None:  # weights before wrapping: FSDP shards the parameters in place
-            from dspark.formats.io import load_weights
-
-            self.drafter.load_state_dict(load_weights(self.resume_from), strict=True)
+            state = torch.load(self.resume_from / "trainer_state.pt", map_location="cpu", weights_only=False)
+            weights = load_weights(self.resume_from)
+            check_resume(self.resume_from, state, cfg, self.identity, weights, self.drafter.state_dict())
+            self.drafter.load_state_dict(weights, strict=True)
+        if self.dist.is_main:
+            prepare_run_dir(self.out, fresh=state is None)
         self.module: nn.Module = ObjectiveModule(self.drafter, cfg.method, self.weights)
         self.fsdp = cfg.fsdp and self.dist.world > 1
         if self.dist.world > 1:
@@ -115,7 +129,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, cfg.warmup_ratio))
         self.step = 0
-        self._resume()
+        self._resume(state)
 
     # -- setup ------------------------------------------------------------------------------------
     def _datasets(self):
@@ -168,13 +182,13 @@ class Trainer:
 
         return FSDP.optim_state_dict(self.module, self.optimizer)
 
-    def _resume(self) -> None:
+    def _resume(self, state: dict[str, Any] | None) -> None:
         ckpt = self.resume_from
-        if ckpt is None:
+        if ckpt is None or state is None:
             return
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
-        if state["config"]["method"] != self.cfg.method:
-            raise ConfigError(f"{ckpt} was trained with method {state['config']['method']!r}, not {self.cfg.method!r}")
+        if int(state["step"]) > self.total_steps:
+            raise ConfigError(f"{ckpt} is at step {state['step']}, past this run's {self.total_steps} steps "
+                              "(max_steps / epochs); raise them to continue it")
         if bool(state.get("fsdp", False)) != self.fsdp:
             raise ConfigError(f"{ckpt} holds {'FSDP' if state.get('fsdp') else 'plain'} optimizer state; resume it "
                               f"with fsdp={str(bool(state.get('fsdp'))).lower()} under the same launcher")
@@ -186,10 +200,8 @@ class Trainer:
         self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        metrics = self.out / "metrics.jsonl"
-        if self.dist.is_main and metrics.is_file():  # forget what the killed run logged after its checkpoint
-            kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if self.dist.is_main:
+            restore_metrics(self.out / "metrics.jsonl", self.step, state.get("metrics"))
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # -- data -------------------------------------------------------------------------------------
@@ -277,15 +289,17 @@ class Trainer:
         return {"eval_loss": float(sums["loss"] / sums["weight"].clamp_min(1e-6)), "accept_conditional": cond,
                 "accept_unconditional": uncond, "tau_estimate": 1.0 + sum(uncond)}
 
-    def save(self) -> Path | None:
-        """Checkpoint on rank 0 (every rank must call: under FSDP gathering the full state is collective)."""
+    def save(self, metrics: dict[str, Any] | None = None) -> Path | None:
+        """Checkpoint on rank 0 (every rank must call: under FSDP gathering the full state is collective).
+
+        `metrics` is the step's logged metrics line, kept in the checkpoint so a resume can restore it."""
         barrier(self.dist)
         optim = self._optimizer_state()
         path = None
         with self._full_params():
             if self.dist.is_main:
                 state = {"step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                         "config": self.cfg.to_dict(), "fsdp": self.fsdp}
+                         "config": self.cfg.to_dict(), "fsdp": self.fsdp, "metrics": metrics, **self.identity}
                 path = save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints)
         barrier(self.dist)
         return path
@@ -310,15 +324,11 @@ class Trainer:
             record: dict[str, Any] = {"step": self.step, **stats}
             if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
                 record.update(self.evaluate())
+            logged = self.step % cfg.log_every == 0 or "tau_estimate" in record
+            if self.dist.is_main and logged:
+                _log(record, metrics_file, writer)  # durable before the checkpoint of this step
             if self.step % cfg.save_every == 0 or self.step == self.total_steps:
-                self.save()
-            if self.dist.is_main and (self.step % cfg.log_every == 0 or "tau_estimate" in record):
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                if writer is not None:
-                    for k, v in record.items():
-                        if isinstance(v, float):
-                            writer.add_scalar(k, v, self.step)
+                self.save(record if logged else None)
             last = record
         bar.close()
         if self.step == self.total_steps:
@@ -332,6 +342,16 @@ class Trainer:
         barrier(self.dist)
         shutdown(self.dist)
         return last
+
+
+def _log(record: dict[str, Any], metrics_file: Any, writer: Any) -> None:
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    os.fsync(metrics_file.fileno())
+    if writer is not None:
+        for k, v in record.items():
+            if isinstance(v, float):
+                writer.add_scalar(k, v, record["step"])
 
 
 class _null:
