@@ -11,6 +11,7 @@ generic rejection rule degenerates to exact greedy verification.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -56,16 +57,20 @@ def processed_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return probs
 
 
-def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None,
+                uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """Draw one token id per row of `probs [..., V]` -> `[...]` (long).
 
     Inverse CDF in float64: one uniform per row scaled by the row's total mass, then the first index
     whose cumulative mass exceeds it (zero-probability tokens have empty intervals and are never drawn).
     Exact up to float64 rounding, and several times faster than `torch.multinomial` on a CPU.
+    `uniforms [...]` in [0, 1) may be given instead of a generator (the engine's per-request streams).
     """
     flat = probs.reshape(-1, probs.shape[-1]).double()  # [N, V]
     cdf = flat.cumsum(-1)  # [N, V]
-    u = torch.rand(flat.shape[0], 1, generator=generator, dtype=torch.float64, device=flat.device) * cdf[:, -1:]
+    if uniforms is None:
+        uniforms = torch.rand(flat.shape[0], generator=generator, dtype=torch.float64, device=flat.device)
+    u = uniforms.reshape(-1, 1).to(torch.float64) * cdf[:, -1:]
     ids = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(flat.shape[-1] - 1)  # [N]
     return ids.reshape(probs.shape[:-1])
 
@@ -73,3 +78,79 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -
 def draw(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample from processed `probs` (argmax when greedy: the one-hot law, without a random draw)."""
     return probs.argmax(-1) if params.greedy else sample_from(probs, generator)
+
+
+# ------------------------------------------------------------------------------------------ per row
+@dataclass
+class RowParams:
+    """Per-row sampling parameters of a batch whose requests sample differently: each [R]."""
+
+    temperature: torch.Tensor  # float32, 0 = greedy
+    top_k: torch.Tensor  # long, 0 = off
+    top_p: torch.Tensor  # float32, 1 = off
+
+    @classmethod
+    def from_list(cls, params: list[SamplingParams], device: torch.device | str) -> "RowParams":
+        return cls(torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
+                   torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+                   torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device))
+
+    def repeat(self, times: int) -> "RowParams":
+        """Each row's parameters repeated `times` times in a row (rows with several positions)."""
+        return RowParams(*(t.repeat_interleave(times) for t in (self.temperature, self.top_k, self.top_p)))
+
+
+def processed_probs_rows(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """`processed_probs` with per-row parameters: logits `[R, V]` -> float32 probs `[R, V]`.
+
+    Row r equals `processed_probs(logits[r], SamplingParams(temperature[r], top_k[r], top_p[r]))`
+    (same operations in the same order), so target and draft rows stay processed identically.
+    """
+    logits = logits.float()
+    vocab = logits.shape[-1]
+    greedy = (params.temperature == 0).unsqueeze(-1)  # [R, 1]
+    scaled = logits / torch.where(greedy, torch.ones_like(params.temperature.unsqueeze(-1)), params.temperature.unsqueeze(-1))
+    k = torch.where((params.top_k > 0) & (params.top_k < vocab), params.top_k, vocab)  # [R]
+    sorted_desc = scaled.sort(dim=-1, descending=True).values  # [R, V]
+    kth = sorted_desc.gather(-1, (k - 1).unsqueeze(-1))  # [R, 1]
+    scaled = torch.where((k < vocab).unsqueeze(-1) & (scaled < kth), torch.full_like(scaled, float("-inf")), scaled)
+    probs = torch.softmax(scaled, dim=-1)
+    top_p = params.top_p.unsqueeze(-1)  # [R, 1]
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+    drop = drop & (top_p < 1.0)
+    nucleus = probs.masked_fill(drop, 0.0)
+    nucleus = nucleus / nucleus.sum(-1, keepdim=True)
+    probs = torch.where(top_p < 1.0, nucleus, probs)
+    one_hot = torch.nn.functional.one_hot(logits.argmax(-1), vocab).float()
+    return torch.where(greedy, one_hot, probs)
+
+
+class Sampler(Protocol):
+    """How a drafter turns logits into its exact draft distribution and draws from it, row by row."""
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [R, V] -> processed float32 probs [R, V]."""
+        ...
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs [R, V] -> token ids [R] (argmax for greedy rows)."""
+        ...
+
+
+class ScalarSampler:
+    """One `SamplingParams` for every row and one `torch.Generator` (the Python API's default)."""
+
+    def __init__(self, params: SamplingParams, generator: torch.Generator | None = None) -> None:
+        self.params, self.generator = params, generator
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return processed_probs(logits, self.params)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        return draw(probs, self.params, self.generator)
+
+
+def as_sampler(params: SamplingParams | Sampler, generator: torch.Generator | None = None) -> Sampler:
+    return ScalarSampler(params, generator) if isinstance(params, SamplingParams) else params

@@ -50,8 +50,13 @@ def rejection_sample(
     target_probs: torch.Tensor,  # [R, K+1, V] float32
     num_verify: torch.Tensor,  # [R] long, 0..K
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,  # [R, >=K+1] in [0, 1): column k tests slot k, the LAST column draws the final token
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speculative rejection sampling; returns `(output_ids [R, K+1], num_accepted [R])`."""
+    """Speculative rejection sampling; returns `(output_ids [R, K+1], num_accepted [R])`.
+
+    Randomness comes from `generator`, or from pre-drawn `uniforms` (the engine's per-request streams: a
+    row reserves γ+1 draws every round, so which draw serves which test never depends on the batch).
+    """
     num_rows, k, vocab = draft_probs.shape
     if target_probs.shape != (num_rows, k + 1, vocab):
         raise ValueError(
@@ -65,7 +70,10 @@ def rejection_sample(
     idx = draft_ids.unsqueeze(-1)  # [R, K, 1]
     p_at = target_probs[:, :k].gather(-1, idx).squeeze(-1).float()  # [R, K]
     q_at = draft_probs.gather(-1, idx).squeeze(-1).float()  # [R, K]
-    u = torch.rand((num_rows, k), generator=generator, device=device)  # [R, K]
+    if uniforms is None:
+        u = torch.rand((num_rows, k), generator=generator, device=device)  # [R, K]
+    else:
+        u = uniforms[:, :k].to(device=device, dtype=torch.float32)
     accept = u * q_at < p_at  # P(accept) = min(1, p/q)
     num_accepted = _accepted_prefix(accept, num_verify)  # [R]
 
@@ -78,7 +86,7 @@ def rejection_sample(
     # A residual of zero mass only arises from rounding when p == q; p itself is then the right law.
     residual = torch.where(mass > 1e-12, residual / mass.clamp_min(1e-30), p_last)
     final_probs = torch.where(rejected.unsqueeze(-1), residual, p_last)  # [R, V]
-    last_ids = sample_from(final_probs, generator)
+    last_ids = sample_from(final_probs, generator, None if uniforms is None else uniforms[:, -1])
     return _assemble(draft_ids, num_accepted, last_ids), num_accepted
 
 

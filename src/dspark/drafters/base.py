@@ -3,10 +3,15 @@
 Every drafter (DSpark, DFlash, Eagle3, MTP-1) is an `nn.Module` with a `DrafterConfig` and:
 * `init_from_target(target)`: copy the target's frozen input embedding and LM head;
 * `new_state(batch, device)`: per-request inference state (its context caches);
-* `propose(state, update, anchor_ids, params, generator) -> Proposal`: first absorb the newly verified
-  positions (`ContextUpdate`: the target's features there, the token that followed each one), then draft
-  `num_drafts` tokens after the anchor, returning the exact per-slot distributions they were drawn from.
-Round flow: target verifies -> ContextUpdate -> drafter.propose -> scheduler picks lengths -> verify.
+* `absorb(state, update) -> carry`: take in the newly verified positions (`ContextUpdate`: the target's
+  features there, the token that followed each one) — append their context K/V;
+* `draft(state, carry, anchor_ids, sampler) -> Proposal`: draft `num_drafts` tokens after the anchor,
+  returning the exact per-slot distributions they were drawn from (`sampler` applies each row's
+  temperature / top-k / top-p and draws from each row's random stream);
+* `propose(state, update, anchor_ids, params, generator)`: both in one call (the Python API);
+* `context_layers` and `state_for(kv)`: how many K/V layers its context cache has, and the state
+  object around a given cache (the engine passes a paged view, `dspark.engine.draft_kv`).
+Round flow: target verifies -> ContextUpdate -> drafter.absorb -> drafter.draft -> policy picks lengths -> verify.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from dspark.drafters.config import DrafterConfig
-from dspark.sampling import SamplingParams
+from dspark.sampling import Sampler, SamplingParams
 
 
 @dataclass
@@ -76,15 +81,41 @@ class BlockScores:
     confidence_logits: torch.Tensor | None  # [B, γ] pre-sigmoid, uncalibrated
 
 
+class ContextKV(Protocol):
+    """A drafter's per-row context cache (`RaggedKV`, or the engine's `PagedContextKV`)."""
+
+    length: torch.Tensor  # [R] cached positions per row
+    max_length: int
+
+    def write_positions(self, num_new: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def append(self, ks: list[torch.Tensor], vs: list[torch.Tensor], num_new: torch.Tensor) -> None: ...
+
+    def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def valid_mask(self) -> torch.Tensor: ...
+
+
+class DrafterState(Protocol):
+    kv: ContextKV
+
+
 class Drafter(Protocol):
     config: DrafterConfig
+    context_layers: int
 
     def init_from_target(self, target: Any) -> None: ...
 
-    def new_state(self, batch: int, device: torch.device) -> Any: ...
+    def new_state(self, batch: int, device: torch.device) -> DrafterState: ...
 
-    def propose(self, state: Any, update: ContextUpdate | None, anchor_ids: torch.Tensor, params: SamplingParams,
-                generator: torch.Generator | None = None) -> Proposal: ...
+    def state_for(self, kv: ContextKV) -> DrafterState: ...
+
+    def absorb(self, state: DrafterState, update: ContextUpdate) -> torch.Tensor | None: ...
+
+    def draft(self, state: DrafterState, carry: torch.Tensor | None, anchor_ids: torch.Tensor, sampler: Sampler) -> Proposal: ...
+
+    def propose(self, state: DrafterState, update: ContextUpdate | None, anchor_ids: torch.Tensor,
+                params: SamplingParams | Sampler, generator: torch.Generator | None = None) -> Proposal: ...
 
 
 def copy_frozen_from_target(drafter: torch.nn.Module, target: Any) -> None:

@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from dspark.drafters.base import ContextUpdate, Proposal, copy_frozen_from_target
+from dspark.drafters.base import ContextKV, ContextUpdate, Proposal, copy_frozen_from_target
 from dspark.drafters.config import DrafterConfig
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import RMSNorm, Rotary
-from dspark.sampling import SamplingParams, draw, processed_probs
+from dspark.sampling import Sampler, SamplingParams, as_sampler
 
 
 @dataclass
 class ChainState:
-    kv: RaggedKV
+    kv: ContextKV
 
 
 class ChainDrafter(nn.Module):
@@ -51,6 +51,11 @@ class ChainDrafter(nn.Module):
     def init_from_target(self, target: Any) -> None:
         copy_frozen_from_target(self, target)
 
+    context_layers = 1
+
+    def state_for(self, kv: ContextKV) -> ChainState:
+        return ChainState(kv)
+
     def new_state(self, batch: int, device: torch.device) -> ChainState:
         c = self.config
         return ChainState(RaggedKV(1, batch, c.num_key_value_heads, c.head_dim, self.lm_head.weight.dtype, device))
@@ -65,10 +70,16 @@ class ChainDrafter(nn.Module):
 
     @torch.no_grad()
     def propose(self, state: ChainState, update: ContextUpdate | None, anchor_ids: torch.Tensor,
-                params: SamplingParams, generator: torch.Generator | None = None) -> Proposal:
+                params: SamplingParams | Sampler, generator: torch.Generator | None = None) -> Proposal:
         if update is None:
             raise ValueError(f"{type(self).__name__} needs the verified positions of every round (update=None)")
-        kv, rows = state.kv, anchor_ids.shape[0]
+        return self.draft(state, self.absorb(state, update), anchor_ids, as_sampler(params, generator))
+
+    @torch.no_grad()
+    def absorb(self, state: ChainState, update: ContextUpdate) -> torch.Tensor:
+        """Run the chain over the newly verified positions, append their K/V; returns the layer output
+        at each row's last new position `[R, 1, d]` (the feature the first draft is read from)."""
+        kv, rows = state.kv, update.num_new.shape[0]
         width = update.features.shape[1]
         pos, real = kv.write_positions(update.num_new, width)
         causal = torch.ones(width, width, dtype=torch.bool, device=pos.device).tril()
@@ -78,16 +89,20 @@ class ChainDrafter(nn.Module):
         out, k, v = self.step(self.context_feature(update.features, update.last_hidden), next_ids, pos, past_k, past_v, mask)
         kv.append([k], [v], update.num_new)
         last = (update.num_new - 1).clamp_min(0)
-        feature = out[torch.arange(rows, device=out.device), last].unsqueeze(1)  # [R, 1, d]
+        return out[torch.arange(rows, device=out.device), last].unsqueeze(1)  # [R, 1, d]
 
+    @torch.no_grad()
+    def draft(self, state: ChainState, feature: torch.Tensor, anchor_ids: torch.Tensor, sampler: Sampler) -> Proposal:
+        """Draft `num_drafts` tokens token by token from the last verified position's feature `[R, 1, d]`."""
+        kv, rows = state.kv, anchor_ids.shape[0]
         ids, probs = [], []
         step_k: list[torch.Tensor] = []
         step_v: list[torch.Tensor] = []
         past_k, past_v = kv.view(0)
         ctx_mask = kv.valid_mask().unsqueeze(1)  # [R, 1, L]
         for j in range(self.config.num_drafts):
-            p = processed_probs(self.lm_head(self.norm(feature[:, 0])), params)  # [R, V]
-            token = draw(p, params, generator)
+            p = sampler.probs(self.lm_head(self.norm(feature[:, 0])))  # [R, V]
+            token = sampler.draw(p)
             ids.append(token)
             probs.append(p)
             if j + 1 == self.config.num_drafts:

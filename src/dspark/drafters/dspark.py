@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from dspark.drafters.base import BlockScores, ContextUpdate, Proposal, calibrated_confidence, copy_frozen_from_target
+from dspark.drafters.base import BlockScores, ContextKV, ContextUpdate, Proposal, calibrated_confidence, copy_frozen_from_target
 from dspark.drafters.config import DrafterConfig
 from dspark.drafters.heads import HEADS, ConfidenceHead, MarkovHead
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
-from dspark.sampling import SamplingParams, draw, processed_probs
+from dspark.sampling import Sampler, SamplingParams, as_sampler
 
 
 @dataclass
 class DSparkState:
-    kv: RaggedKV  # context K/V per draft layer
+    kv: ContextKV  # context K/V per draft layer (RaggedKV, or the engine's paged view)
 
 
 class DSparkDrafter(nn.Module):
@@ -109,11 +109,19 @@ class DSparkDrafter(nn.Module):
         return BlockScores(hidden, base, logits, self.confidence_logits(hidden, prev_ids))
 
     # -- inference --------------------------------------------------------------------------------
+    @property
+    def context_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    def state_for(self, kv: ContextKV) -> DSparkState:
+        return DSparkState(kv)
+
     def new_state(self, batch: int, device: torch.device) -> DSparkState:
         c = self.config
         return DSparkState(RaggedKV(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim,
                                     self.lm_head.weight.dtype, device))
 
+    @torch.no_grad()
     def absorb(self, state: DSparkState, update: ContextUpdate) -> None:
         """Append the context K/V of newly verified positions."""
         pos, _ = state.kv.write_positions(update.num_new, update.features.shape[1])
@@ -130,18 +138,23 @@ class DSparkDrafter(nn.Module):
 
     @torch.no_grad()
     def propose(self, state: DSparkState, update: ContextUpdate | None, anchor_ids: torch.Tensor,
-                params: SamplingParams, generator: torch.Generator | None = None) -> Proposal:
+                params: SamplingParams | Sampler, generator: torch.Generator | None = None) -> Proposal:
         if update is not None:
             self.absorb(state, update)
+        return self.draft(state, None, anchor_ids, as_sampler(params, generator))
+
+    @torch.no_grad()
+    def draft(self, state: DSparkState, carry: None, anchor_ids: torch.Tensor, sampler: Sampler) -> Proposal:
+        """Draft one block after each row's cached context (`carry` is unused: the context K/V is all it needs)."""
         hidden = self.block_hidden(state, anchor_ids)
         base = self.lm_head(hidden)  # [R, γ, V]
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
-            probs = processed_probs(base, params)
-            return Proposal(draw(probs, params, generator), probs)
-        return self._sample_sequential(base, hidden, anchor_ids, params, generator)
+            probs = sampler.probs(base)
+            return Proposal(sampler.draw(probs), probs)
+        return self._sample_sequential(base, hidden, anchor_ids, sampler)
 
     def _sample_sequential(self, base: torch.Tensor, hidden: torch.Tensor, anchor_ids: torch.Tensor,
-                           params: SamplingParams, generator: torch.Generator | None) -> Proposal:
+                           sampler: Sampler) -> Proposal:
         """Left to right: bias from the previously sampled token, record the exact distribution."""
         prev, head_state = anchor_ids, None
         if self.markov_head is not None:
@@ -152,8 +165,8 @@ class DSparkDrafter(nn.Module):
             if self.markov_head is not None:
                 bias, head_state = self.markov_head.step(prev, hidden[:, k], head_state)
                 logits = logits + bias
-            p = processed_probs(logits, params)  # [R, V]
-            prev = draw(p, params, generator)
+            p = sampler.probs(logits)  # [R, V]
+            prev = sampler.draw(p)
             ids.append(prev)
             probs.append(p)
         draft_ids = torch.stack(ids, dim=1)  # [R, γ]

@@ -1,7 +1,7 @@
 """A seeded discrete-event simulation of one speculative-decoding serving engine (one GPU).
 
 Where it sits: `SPSTable + acceptance model + workload ─ simulate ─► SimResult` (simulated metrics).
-Every decoding round calls `dspark.scheduling.plan_verify_lengths`, the same function the decoder uses.
+Every decoding round asks a `dspark.scheduling.planner.VerifyPlanner`, the same object the engine's scheduler uses.
 
 The engine, step by step (the clock jumps by each step's duration):
 
@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from dspark.errors import ConfigError
-from dspark.scheduling import DraftGate, SPSTable, parse_policy, plan_verify_lengths
+from dspark.scheduling import SPSTable, parse_policy
+from dspark.scheduling.planner import VerifyPlanner
 from dspark.sim.acceptance import AcceptanceModel
 from dspark.sim.workload import Arrivals, LengthDist
 
@@ -107,9 +108,7 @@ class _Engine:
 
     def __init__(self, cfg: SimConfig, arrivals: Arrivals, table: SPSTable, acceptance: AcceptanceModel) -> None:
         self.cfg, self.arrivals, self.table, self.acc = cfg, arrivals, table, acceptance
-        policy = parse_policy(cfg.policy)
-        self.drafting = policy.kind != "none"
-        self.gate = DraftGate(table, cfg.policy) if policy.gate else None
+        self.planner = VerifyPlanner(cfg.policy, table)
         closed = arrivals.closed_loop
         self.cap = arrivals.concurrency if closed else cfg.max_concurrency
         self.num_measured = cfg.num_requests or (max(64, 2 * arrivals.concurrency) if closed else 200)
@@ -128,7 +127,6 @@ class _Engine:
         self.pending: list[float] = list(arrivals.initial())  # known future arrival times (closed loop)
         self.next_open = arrivals.next_open(self.rng_work) if not closed else float("inf")
         self.measured_left = self.num_measured
-        self.history: deque[np.ndarray] = deque(maxlen=2)  # survival of the last two rounds
         self.steps: list[tuple[float, int, int, int, int]] = []  # (t_end, tokens out, R, B, 0 prefill / 1 plain / 2 drafted)
 
     # -------------------------------------------------------------------------------- requests
@@ -178,15 +176,10 @@ class _Engine:
 
     def _decode_round(self) -> None:
         num_rows = self.run_id.size
-        drafting = self.drafting and (self.gate is None or self.gate.decide(num_rows))
+        drafting = self.planner.should_draft(num_rows)
         if drafting:
             conf, accepted_if_all = self.acc.draw(num_rows, self.rng_acc)  # [R, γ], [R]
-            survival = np.cumprod(conf, axis=1)  # [R, γ]
-            stale = self.history[0] if len(self.history) == 2 else None
-            lengths = plan_verify_lengths(survival, self.table, self.cfg.policy, stale_survival=stale)  # [R]
-            self.history.append(survival)
-            if self.gate is not None:
-                self.gate.observe(survival)
+            lengths = self.planner.plan(np.cumprod(conf, axis=1))  # [R]
             lengths = np.minimum(lengths, self.run_rem - 1)
             committed = np.minimum(accepted_if_all, lengths) + 1  # [R]
         else:

@@ -13,6 +13,7 @@ Data flow: prompts -> target.features -> drafter (training) / decode.Speculative
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
+
+
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -54,6 +58,18 @@ def stack_layer_features(hidden_states: tuple[torch.Tensor, ...], layer_ids: lis
     return torch.cat([hidden_states[0 if i == -1 else i + 1] for i in layer_ids], dim=-1)
 
 
+def cache_keyword(model: nn.Module) -> str:
+    """The name of the KV-cache argument of `model.forward`: ``cache`` (transformers >= 5.2x) or the
+    older ``past_key_values`` (deprecated there, removed in 5.40). The one place that knows."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 class TargetModel:
     """A frozen HF causal LM plus the feature interface drafters need."""
 
@@ -72,6 +88,7 @@ class TargetModel:
         self.vocab_size = int(text_config.vocab_size)
         if model.get_input_embeddings() is None or model.get_output_embeddings() is None:
             raise UnsupportedModelError(f"target {path!r} exposes no input embedding or LM head")
+        self.cache_keyword = cache_keyword(model)
 
     # -- frozen pieces shared with drafters ---------------------------------------------------------
     @property
@@ -108,6 +125,19 @@ class TargetModel:
             value = value[0] if value else None
         return None if value is None else int(value)
 
+    def stop_token_ids(self) -> set[int]:
+        """Every id that ends a generation: all EOS ids of the generation config, the config and the
+        tokenizer, plus the chat template's end-of-turn token when the vocabulary has one."""
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for source in (gen, self.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None)
+        if self.tokenizer is not None:
+            vocab = self.tokenizer.get_vocab()
+            ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+        return ids
+
     # -- forward --------------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(
@@ -121,14 +151,15 @@ class TargetModel:
         with_logits: bool = True,
     ) -> TargetFeatures:
         """One forward returning features at `layer_ids` (None: skip), the last hidden and logits."""
+        cache_arg = {self.cache_keyword: past_key_values} if past_key_values is not None else {}
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=True,
             return_dict=True,
+            **cache_arg,
         )
         hidden = getattr(out, "hidden_states", None)
         if hidden is None or len(hidden) != self.num_layers + 1:
@@ -137,8 +168,7 @@ class TargetModel:
                 f"(got {None if hidden is None else len(hidden)}, expected {self.num_layers + 1})"
             )
         feats = stack_layer_features(hidden, layer_ids) if layer_ids is not None else hidden[-1][..., :0]
-        return TargetFeatures(feats, hidden[-1], out.logits if with_logits else None,
-                              getattr(out, "past_key_values", None))
+        return TargetFeatures(feats, hidden[-1], out.logits if with_logits else None, output_cache(out))
 
     def features(self, input_ids: torch.Tensor, layer_ids: list[int],
                  attention_mask: torch.Tensor | None = None, with_logits: bool = False) -> TargetFeatures:

@@ -1,0 +1,203 @@
+"""`LLM`: the engine's front door — add requests, step, read outputs (what the CLI, eval and server use).
+
+    llm = LLM("path/to/target", "path/to/drafter", policy="dspark-async+gate")
+    results = llm.generate([[1, 2, 3]], max_new_tokens=64, temperature=0.0)
+    rid = llm.add_request([1, 2, 3], SamplingOptions(max_tokens=16)); outs = llm.step(); llm.abort(rid)
+
+One `step()` = `Scheduler.schedule()` -> `Runner.execute()` -> `Scheduler.update()`; requests join and
+leave at any step. `runner="hf"` runs the target through transformers (the oracle), `"model"` through
+our own dense forward over the paged cache, `"auto"` (default) the latter where the family is supported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from dspark.drafters.base import Drafter
+from dspark.engine.block_manager import BlockManager
+from dspark.engine.options import EngineConfig, SamplingOptions
+from dspark.engine.request import Request
+from dspark.engine.results import GenerationResult, RequestOutput
+from dspark.engine.runner import HFRunner, ModelRunner, Runner
+from dspark.engine.scheduler import Scheduler
+from dspark.errors import ConfigError, DSparkError, UnsupportedModelError
+from dspark.scheduling.planner import VerifyPlanner
+from dspark.scheduling.sps_table import SPSTable
+from dspark.targets.adapter import TargetModel
+
+log = logging.getLogger(__name__)
+
+KV_MEMORY_CPU = 2 << 30  # default KV budget on the CPU when num_pages is not given
+KV_MEMORY_GPU_FRACTION = 0.8  # of the free device memory
+
+
+def _load(target: str | Path | TargetModel, drafter: str | Path | Drafter | None, dtype: str, device: str
+          ) -> tuple[TargetModel, Drafter | None]:
+    from dspark.formats import check_compatible, load_drafter
+    from dspark.targets import load_target
+
+    if not isinstance(target, TargetModel):
+        target = load_target(target, dtype=dtype, device=device)
+    if drafter is not None and not isinstance(drafter, torch.nn.Module):
+        drafter = load_drafter(drafter, target=target, device=target.device, dtype=target.dtype)
+    if drafter is not None:
+        check_compatible(drafter.config, target)
+        drafter.to(target.device).eval()
+    return target, drafter
+
+
+def _page_bytes(target: TargetModel, drafter: Drafter | None, page_size: int) -> int:
+    tc = target.text_config
+    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+    kv_heads = getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
+    size = 2 * target.num_layers * kv_heads * head_dim * target.dtype.itemsize
+    if drafter is not None:
+        c = drafter.config
+        size += 2 * drafter.context_layers * c.num_key_value_heads * c.head_dim * next(drafter.parameters()).dtype.itemsize
+    return size * page_size
+
+
+class LLM:
+    def __init__(self, target: str | Path | TargetModel, drafter: str | Path | Drafter | None = None, *,
+                 policy: str | None = None, sps: SPSTable | str | Path | None = None, runner: str = "auto",
+                 dtype: str = "float32", device: str = "cpu", **options: object) -> None:
+        self.target, self.drafter = _load(target, drafter, dtype, device)
+        self.num_drafts = self.drafter.config.num_drafts if self.drafter is not None else 0
+        unknown = set(options) - set(EngineConfig.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown engine option(s) {sorted(unknown)}; known: {sorted(EngineConfig.__dataclass_fields__)}")
+        cfg = EngineConfig(**options)  # type: ignore[arg-type]
+        cfg.policy = policy or (f"fixed:{self.num_drafts}" if self.drafter is not None else "none")
+        cfg.check(self.num_drafts)
+        self.config = cfg
+        max_pos = int(getattr(self.target.text_config, "max_position_embeddings", 0) or 0) or 1 << 20
+        self.max_model_len = min(cfg.max_model_len or max_pos, max_pos)
+        self.eos_token_ids = set(cfg.eos_token_ids) or self.target.stop_token_ids()
+        num_pages = cfg.num_pages or self._default_pages()
+        self.runner = self._make_runner(runner, num_pages)
+        self.planner = self._make_planner(cfg.policy, sps)
+        self.blocks = BlockManager(num_pages, cfg.page_size, cfg.enable_prefix_caching and self.runner.supports_prefix_caching)
+        if self.blocks.pages_for(self.max_model_len) > num_pages - 1:
+            log.info("KV pool of %d pages holds less than one max_model_len sequence; long requests will be refused", num_pages)
+        self.scheduler = Scheduler(cfg, self.blocks, self.planner, self.num_drafts, self.eos_token_ids, self.max_model_len)
+        self._ids = itertools.count()
+        self._reported: dict[str, int] = {}
+
+    # ------------------------------------------------------------------------------ construction
+    def _default_pages(self) -> int:
+        want = self.config.max_num_seqs * -(-self.max_model_len // self.config.page_size) + 1
+        if self.target.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.target.device)
+            budget = int(free * KV_MEMORY_GPU_FRACTION)
+        else:
+            budget = KV_MEMORY_CPU
+        return max(2, min(want, budget // _page_bytes(self.target, self.drafter, self.config.page_size)))
+
+    def _make_runner(self, kind: str, num_pages: int) -> Runner:
+        ps = self.config.page_size
+        if kind == "hf":
+            return HFRunner(self.target, self.drafter, num_pages, ps)
+        if kind in ("model", "auto"):
+            try:
+                return ModelRunner(self.target, self.drafter, num_pages, ps)
+            except UnsupportedModelError:
+                if kind == "model":
+                    raise
+                log.info("target family not supported by the dense runner; using transformers (runner='hf')")
+                return HFRunner(self.target, self.drafter, num_pages, ps)
+        raise ConfigError(f"runner must be 'auto', 'model' or 'hf', got {kind!r}")
+
+    def _make_planner(self, policy: str, sps: SPSTable | str | Path | None) -> VerifyPlanner:
+        if isinstance(sps, (str, Path)):
+            if not Path(sps).is_file():
+                raise ConfigError(f"SPS table {str(sps)!r} not found")
+            sps = SPSTable.load(sps)
+        planner = VerifyPlanner(policy, sps)
+        if planner.drafting and self.drafter is None:
+            raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")
+        if planner.needs_confidence and self.drafter is not None and not self.drafter.config.has_confidence:
+            raise ConfigError(f"policy {policy!r} needs a drafter with a confidence head ({self.drafter.config.method} has none)")
+        return planner
+
+    # ------------------------------------------------------------------------------ requests
+    def add_request(self, prompt_ids: list[int], options: SamplingOptions | None = None, request_id: str | None = None) -> str:
+        options = options or SamplingOptions()
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids:
+            raise DSparkError("the prompt is empty")
+        bad = [t for t in prompt_ids if not 0 <= t < self.target.vocab_size]
+        if bad:
+            raise DSparkError(f"prompt has token ids outside the vocabulary [0, {self.target.vocab_size}): {bad[:5]}")
+        if len(prompt_ids) >= self.max_model_len:
+            raise DSparkError(f"prompt of {len(prompt_ids)} tokens leaves no room under max_model_len {self.max_model_len}")
+        if self.blocks.pages_for(min(len(prompt_ids) + options.max_tokens, self.max_model_len) + self.num_drafts + 1) > self.blocks.num_pages - 1:
+            raise DSparkError(f"prompt + max_tokens ({len(prompt_ids)} + {options.max_tokens}) needs more KV pages than the "
+                              f"pool has ({self.blocks.num_pages - 1} x {self.blocks.page_size}); raise num_pages")
+        req_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if req_id in self.scheduler.requests and not self.scheduler.requests[req_id].finished:
+            raise DSparkError(f"request id {req_id!r} is already running")
+        seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**63)
+        self.scheduler.add(Request(req_id, prompt_ids, options, seed))
+        self._reported[req_id] = 0
+        return req_id
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its pages; False if it is unknown or already finished."""
+        return self.scheduler.finish(request_id, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        result = self.runner.execute(out)
+        touched = self.scheduler.update(out, result)
+        return [self._output(req) for req in touched]
+
+    def _output(self, req: Request) -> RequestOutput:
+        text = None
+        tok = self.target.tokenizer
+        if tok is not None:
+            text = tok.decode(req.output_ids)
+            cut = min((i for i in (text.find(s) for s in req.options.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+                self.scheduler.finish(req.req_id, "stop")
+        done = self._reported.get(req.req_id, 0)
+        self._reported[req.req_id] = len(req.output_ids)
+        if req.finished:
+            self._reported.pop(req.req_id, None)
+        return RequestOutput(req.req_id, req.output_ids[done:], list(req.output_ids), req.finished, req.finish_reason,
+                             len(req.prompt_ids), text)
+
+    def request(self, request_id: str) -> Request:
+        return self.scheduler.requests[request_id]
+
+    # ------------------------------------------------------------------------------ batch API
+    def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int] = 64, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, stop_token_ids: tuple[int, ...] = (),
+                 ignore_eos: bool = False) -> list[GenerationResult]:
+        """Generate for every prompt (request i gets seed `seed + i`); results in prompt order."""
+        if not prompts:
+            raise DSparkError("no prompts given")
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        if len(budgets) != len(prompts):
+            raise DSparkError(f"max_new_tokens has {len(budgets)} entries for {len(prompts)} prompts")
+        base = seed if seed is not None else random.SystemRandom().randrange(2**62)
+        ids = [self.add_request(p, SamplingOptions(int(n), temperature, top_p, top_k, base + i, tuple(stop_token_ids),
+                                                   ignore_eos=ignore_eos))
+               for i, (p, n) in enumerate(zip(prompts, budgets))]
+        while any(not self.scheduler.requests[i].finished for i in ids):
+            self.step()
+        return [self.result(i) for i in ids]
+
+    def result(self, request_id: str) -> GenerationResult:
+        req = self.scheduler.requests[request_id]
+        text = self.target.tokenizer.decode(req.output_ids) if self.target.tokenizer is not None else None
+        return GenerationResult(list(req.output_ids), list(req.rounds), req.finish_reason or "", req.req_id, text,
+                                req.num_cached, req.num_preemptions)

@@ -1,0 +1,73 @@
+"""`VerifyPlanner`: the per-step verification decisions of one engine, shared by the engine and the simulator.
+
+Where it sits: the engine's CPU scheduler (and `dspark.sim.engine`) asks it, each step,
+1. `should_draft(R)`: run the drafter after this step? (always, unless the policy is ``POLICY+gate``
+   and the `DraftGate` finds drafting does not pay at R requests; never for ``none``);
+2. `plan(survival, confidence)`: the verify lengths ℓ [R] of the requests whose drafts wait, under the
+   named policy. It forms nothing itself: survival a = cumprod(c) comes in [R, γ] (numpy).
+The bookkeeping both callers used to keep separately lives here once: the survival of the last two
+planned steps (``dspark-async`` ranks with the current values and takes its capacity from the values of
+two steps back) and the gate's history of drafted steps. Pure numpy: no torch in the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from dspark.errors import ConfigError
+from dspark.scheduling.gate import DraftGate
+from dspark.scheduling.policy import parse_policy, plan_verify_lengths
+from dspark.scheduling.sps_table import SPSTable
+
+NEEDS_SPS = ("dspark", "dspark-async", "global")
+NEEDS_CONFIDENCE = ("threshold", "dspark", "dspark-async", "global")
+
+
+def survival_from_confidence(confidence: np.ndarray) -> np.ndarray:
+    """Prefix survival a_j = c_1 ··· c_j: [R, γ] -> [R, γ]."""
+    return np.cumprod(np.asarray(confidence, dtype=np.float64), axis=1)
+
+
+class VerifyPlanner:
+    def __init__(self, policy: str, sps: SPSTable | None = None) -> None:
+        parsed = parse_policy(policy)
+        if (parsed.kind in NEEDS_SPS or parsed.gate) and sps is None:
+            raise ConfigError(f"policy {policy!r} needs an SPS table (profile one with `dspark profile`, or pass --sps FILE)")
+        self.policy, self.parsed = policy, parsed
+        self.sps = sps if sps is not None else SPSTable([1, 2], [1.0, 1.0])
+        self.drafting = not (parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0))
+        self.needs_confidence = parsed.kind in NEEDS_CONFIDENCE or parsed.gate
+        self.history: deque[np.ndarray] = deque(maxlen=2)  # survival of the last two planned steps
+        self.gate = DraftGate(self.sps, policy) if parsed.gate else None
+        self.rounds_planned = 0
+        self.tokens_planned = 0  # Σ ℓ over planned rows (mean verify length = tokens / rows)
+        self.rows_planned = 0
+
+    def should_draft(self, num_requests: int) -> bool:
+        if not self.drafting or num_requests < 1:
+            return False
+        return self.gate is None or self.gate.decide(num_requests)
+
+    def plan(self, survival: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
+        """Verify lengths [R] (int64) for drafted rows with prefix survival [R, γ]."""
+        survival = np.asarray(survival, dtype=np.float64)
+        if survival.ndim != 2:
+            raise ConfigError(f"survival must be [R, γ], got shape {survival.shape}")
+        if survival.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        stale = self.history[0] if len(self.history) == 2 else None
+        lengths = np.asarray(plan_verify_lengths(survival, self.sps, self.policy, stale_survival=stale,
+                                                 confidence=confidence), dtype=np.int64)
+        self.history.append(survival)
+        if self.gate is not None:
+            self.gate.observe(survival)
+        self.rounds_planned += 1
+        self.rows_planned += int(lengths.size)
+        self.tokens_planned += int(lengths.sum())
+        return lengths
+
+    @property
+    def rounds_skipped(self) -> int:
+        return 0 if self.gate is None else self.gate.rounds_skipped
