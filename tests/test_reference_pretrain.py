@@ -101,7 +101,12 @@ def test_pretrain_cli_and_overwrite(built: Path, tmp_path: Path, capsys: pytest.
             "--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--warmup-steps", "1",
             "--eval-every", "1", "--eval-tokens", "32", "--device", "cpu", "--save-dtype", "float16"]
     assert main(args) == 0
-    assert main(args) == 0  # an existing output is replaced atomically
+    capsys.readouterr()
+    assert main(args) == 2  # an existing output is never replaced silently
+    assert "--overwrite" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 0  # replaced atomically; files dspark did not write stay
+    assert (out / "notes.txt").read_text() == "mine"
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["steps"] == 2 and last["num_parameters"] > 4_000_000
     assert json.loads((out / "config.json").read_text())["dtype"] == "float16"

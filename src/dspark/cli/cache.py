@@ -5,8 +5,9 @@
     dspark cache info CACHE [--verify]
     dspark cache estimate --target DIR|config.json [--target-layer-ids ...] (--data FILE | --num-tokens N)
 
-`build` resumes a killed run when given the same arguments. Each command prints a table, then one JSON
-line.
+`build` resumes a killed run when given the same arguments, refuses (before loading the target) an
+--output that holds a complete cache or anything else, and removes what it wrote when it fails on its
+input. Each command prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -87,16 +88,16 @@ def add_arguments_build(parser: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import torch
-
-    from dspark.targets import load_target
-    from dspark.train.cache_build import build_cache
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     from tqdm import tqdm
 
-    target = load_target(args.target, dtype=dtype, device=device)
+    from dspark.cli.common import load_target_checked, resolve_device
+    from dspark.train.cache_build import build_cache
+    from dspark.train.cache_writer import check_cache_dir
+
+    check_cache_dir(args.output)  # before loading the target
+    device = resolve_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    target = load_target_checked(args.target, dtype, device)
     with tqdm(desc="cache build", unit="sample") as bar:
         def progress(num_samples: int, consumed: int) -> None:
             bar.update(num_samples - bar.n)

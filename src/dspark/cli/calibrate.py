@@ -6,9 +6,12 @@
 Decodes held-out prompts with every slot verified (calibration off, so the recorded confidences are
 raw), fits one temperature per slot left to right, and stores them as `dspark_calibration_temperatures`
 in config.json. In place, only config.json is rewritten (atomically; weights and other files are
-untouched); with --out a full checkpoint is saved in the source's format, dtype and leanness. Beside
-it: calibration.json (per-slot ECE / ROC-AUC before and after, on the fitting rounds) and
-calibration_reliability.png. Prints a table, then ONE JSON line.
+untouched); with --out a full checkpoint is saved in the source's format, dtype and leanness (an
+existing --out is checked before any decoding, `dspark.output_dir`). Beside it: calibration.json
+(per-slot ECE / ROC-AUC before and after, on the fitting rounds) and calibration_reliability.png.
+A slot with too few survivals or failures (`--min-events`) keeps the temperature the checkpoint already
+had (T = 1 when it had none), and the output says which slots those are. Prints a table, then ONE JSON
+line.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from typing import Any
 
 from dspark.cli.common import DEFAULT_DRAFT, add_model_arguments, load_pair, print_json
 from dspark.cli.eval import add_decode_arguments, decode_settings, print_calibration
-from dspark.errors import CheckpointError, ConfigError
+from dspark.errors import ConfigError
+
+
+PLOT_NAME = "calibration_reliability.png"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, metavar="FILE|NAME",
                         help="held-out prompts (JSONL: turns, conversations, text or input_ids), or shared set names")
     parser.add_argument("--out", default=None, help="write a calibrated copy here (default: update --draft in place)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a drafter checkpoint dspark wrote in --out")
     parser.add_argument("--no-plots", action="store_true", help="skip the reliability-diagram PNG")
     parser.add_argument("--min-events", type=int, default=10,
                         help="survivals and failures a slot needs to get a fitted temperature (else T = 1)")
@@ -68,7 +74,17 @@ def _rewrite_config(draft_dir: Path, temperatures: list[float]) -> None:
         raise
 
 
-def _save_copy(drafter: Any, draft_dir: Path, out: Path, overwrite: bool, extra: dict[str, Any]) -> Path:
+def _unfitted_slots(accepted: Any, verified: Any, num_slots: int, min_events: int) -> list[int]:
+    """Slots (0-based) with fewer than `min_events` survivals or failures: `fit_sts` gives them T = 1."""
+    from dspark.eval.metrics import slot_outcomes
+
+    observed, survived = slot_outcomes(accepted, verified, num_slots)  # [N, γ]
+    wins, losses = survived.sum(0), (observed & ~survived).sum(0)
+    return [k for k in range(num_slots) if min(int(wins[k]), int(losses[k])) < min_events]
+
+
+def _save_copy(drafter: Any, draft_dir: Path, out: Path, overwrite: bool, extra: dict[str, Any],
+               write_extra: Any = None) -> Path:
     import torch
 
     from dspark.formats import save_drafter
@@ -79,7 +95,7 @@ def _save_copy(drafter: Any, draft_dir: Path, out: Path, overwrite: bool, extra:
     kwargs: dict[str, Any] = {}
     if lean and "include_frozen" in inspect.signature(save_drafter).parameters:
         kwargs["include_frozen"] = False
-    return save_drafter(drafter, out, fmt=fmt, overwrite=overwrite, extra_files=extra, **kwargs)
+    return save_drafter(drafter, out, fmt=fmt, overwrite=overwrite, extra_files=extra, write_extra=write_extra, **kwargs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("calibrating in place needs an explicit --draft (or pass --out for a calibrated copy)")
     draft_dir = Path(args.draft).expanduser() if args.draft else DEFAULT_DRAFT
     out_dir = Path(args.out).expanduser() if args.out else None
-    if out_dir is not None and out_dir.exists() and not args.overwrite:
-        raise CheckpointError(f"output {str(out_dir)!r} already exists; pass --overwrite to replace it")
+    if out_dir is not None:
+        from dspark.formats import CHECKPOINT
+        from dspark.output_dir import check_output_dir
+
+        check_output_dir(out_dir, CHECKPOINT, args.overwrite)
     settings = decode_settings(args, verify_len=None)
     prompt_sets = resolve_prompt_sets(args.data)
     target, drafter = load_pair(args)
@@ -106,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     logits = confidence_logits(trace.raw_confidences)  # [N, γ]
     fit = fit_sts(logits, trace.accepted, trace.verified, num_bins=args.num_bins, min_events=args.min_events)
     temps = [float(t) for t in fit.temperatures]
+    unfitted = _unfitted_slots(trace.accepted, trace.verified, trace.num_slots, args.min_events)
+    for k in unfitted if previous is not None else []:
+        temps[k] = float(previous[k])  # too little data for this slot: keep what was fitted before
     before = calibration_report(trace.raw_confidences, trace.accepted, trace.verified, args.num_bins)
     after = calibration_report(apply_temperatures(logits, temps), trace.accepted, trace.verified, args.num_bins)
     bins_before, bins_after = before.pop("bins"), after.pop("bins")
@@ -116,23 +138,33 @@ def run(args: argparse.Namespace) -> int:
         "previous_temperatures": previous, "data": [str(p.path) for p in prompt_sets],
         "num_prompts": sum(r.num_prompts for r in runs), "num_rounds": len(trace),
         "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "num_slots": trace.num_slots,
+        "unfitted_slots": [k + 1 for k in unfitted],
+        "unfitted_temperatures": "kept from the checkpoint" if previous is not None else "1.0 (no earlier fit)",
         "before": before, "after": after,
     }
     drafter.set_calibration(temps)
+
+    def write_plot(directory: Path) -> None:
+        if not args.no_plots:
+            from dspark.eval.plots import plot_reliability
+
+            plot_reliability(bins_before, bins_after, directory / PLOT_NAME,
+                             f"STS on {', '.join(p.name for p in prompt_sets)} ({len(trace)} rounds)",
+                             [s["ece"] for s in before["per_slot"]], [s["ece"] for s in after["per_slot"]])
+
     if out_dir is None:
         _rewrite_config(draft_dir, temps)
         dest = draft_dir
         (dest / "calibration.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_plot(dest)
     else:
-        dest = _save_copy(drafter, draft_dir, out_dir, args.overwrite, {"calibration.json": report})
+        dest = _save_copy(drafter, draft_dir, out_dir, args.overwrite, {"calibration.json": report}, write_plot)
     files = {"checkpoint": str(dest), "report": str(dest / "calibration.json")}
     if not args.no_plots:
-        from dspark.eval.plots import plot_reliability
-
-        files["reliability"] = str(plot_reliability(
-            bins_before, bins_after, dest / "calibration_reliability.png",
-            f"STS on {', '.join(p.name for p in prompt_sets)} ({len(trace)} rounds)",
-            [s["ece"] for s in before["per_slot"]], [s["ece"] for s in after["per_slot"]]))
+        files["reliability"] = str(dest / PLOT_NAME)
+    if unfitted:
+        print(f"slots {[k + 1 for k in unfitted]} had fewer than {args.min_events} accepted or rejected drafts: their "
+              f"temperature is {report['unfitted_temperatures']}")
     print(f"calibrated {drafter.config.method} drafter on {report['num_prompts']} prompts, {len(trace)} rounds "
           f"-> {dest}")
     print_calibration(report)

@@ -5,7 +5,10 @@
 
 Writes train/validation/test JSONL.gz splits and provenance.json (see `dspark.reference.corpus`),
 `prompts/{code-completion,code-instruct,prose}.jsonl` from the test split and `chat_train.jsonl.gz`
-from the train split (see `dspark.reference.prompts`).
+from the train split (see `dspark.reference.prompts`). The whole directory is built under a temporary
+name and installed at the end, so a failed or killed run leaves no partial corpus and no `*.tmp` files;
+an existing --out is refused before any work unless it holds a corpus dspark wrote and --overwrite is
+given (`dspark.output_dir`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roots", nargs="+", default=None, metavar="DIR",
                         help="directories (or files) to read; default: this interpreter's stdlib and site-packages")
     parser.add_argument("--out", required=True, type=Path, help="output corpus directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corpus dspark wrote in --out")
     parser.add_argument("--validation-fraction", type=float, default=0.01)
     parser.add_argument("--test-fraction", type=float, default=0.02)
     parser.add_argument("--max-documents", type=int, default=0, help="keep at most N documents (0: all)")
@@ -30,9 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dspark.reference.corpus import CorpusConfig, build_corpus
-    from dspark.reference.prompts import build_chat_documents, build_prompt_sets
+    from dspark.output_dir import OutputKind, check_output_dir, write_output_dir
+    from dspark.reference.corpus import PROVENANCE_FILE, SPLITS, CorpusConfig, build_corpus
+    from dspark.reference.prompts import CHAT_FILE, build_chat_documents, build_prompt_sets
 
+    kind = OutputKind("corpus", frozenset({*(f"{s}.jsonl.gz" for s in SPLITS), PROVENANCE_FILE, "prompts", CHAT_FILE}))
+    check_output_dir(args.out, kind, args.overwrite)
     config = CorpusConfig(
         roots=tuple(args.roots or ()),
         max_bytes=args.max_file_bytes,
@@ -40,9 +47,15 @@ def run(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         test_fraction=args.test_fraction,
     )
-    stats = build_corpus(args.out, config)
-    prompts = build_prompt_sets(args.out, args.out / "prompts", max_per_set=args.prompts_per_set, workers=args.workers)
-    chat = build_chat_documents(args.out, fraction=args.chat_fraction, workers=args.workers) if args.chat_fraction > 0 else 0
+    counts: dict = {}
+
+    def fill(tmp: Path) -> None:
+        counts["stats"] = build_corpus(tmp, config)
+        counts["prompts"] = build_prompt_sets(tmp, tmp / "prompts", max_per_set=args.prompts_per_set, workers=args.workers)
+        counts["chat"] = build_chat_documents(tmp, fraction=args.chat_fraction, workers=args.workers) if args.chat_fraction > 0 else 0
+
+    write_output_dir(args.out, kind, fill, args.overwrite)
+    stats, prompts, chat = counts["stats"], counts["prompts"], counts["chat"]
     print(f"{'split':<12}{'documents':>10}{'MB':>10}")
     for split, count in stats.documents.items():
         print(f"{split:<12}{count:>10}{stats.bytes[split] / 1e6:>10.1f}")

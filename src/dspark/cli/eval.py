@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dspark.cli.common import DEFAULT_DRAFT, add_model_arguments, load_pair, print_json
+from dspark.cli.common import DEFAULT_DRAFT, EVAL_OUTPUT, add_model_arguments, check_report_dir, load_pair, print_json
 from dspark.errors import ConfigError
 
 
@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence thresholds of the sweep (default: 0 0.1 ... 0.9)")
     add_decode_arguments(parser, max_prompts=100)
     parser.add_argument("--out", default=None, help="directory for results.json, traces.jsonl and PNG plots")
+    parser.add_argument("--overwrite", action="store_true", help="replace an evaluation report dspark wrote in --out")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.verify_len is not None and args.verify_len < 1:
         raise ConfigError(f"--verify-len must be >= 1, got {args.verify_len}")
+    check_report_dir(args.out, EVAL_OUTPUT, args.overwrite)  # before the work, not after it
     settings = decode_settings(args, args.verify_len)
     prompt_sets = resolve_prompt_sets(args.datasets)  # fail on a bad name before loading models
     target, drafter = load_pair(args)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from dspark.cli.common import add_model_arguments, load_pair, print_json
+from dspark.cli.validation import check_context_length
 from dspark.errors import DSparkError
 
 
@@ -65,17 +66,18 @@ def make_planner(args: argparse.Namespace):
     """A verification-length planner for --policy (from dspark.scheduling), or None."""
     if args.policy is None:
         return None
-    from dspark.decode.policy_planner import planner_from_args
+    from dspark.scheduling.planner import planner_from_args
 
     return planner_from_args(args.policy, args.sps)
 
 
 def run(args: argparse.Namespace) -> int:
     from dspark import SpeculativeDecoder
-    from dspark.decode import summarize
+    from dspark.eval.metrics import summarize
 
     target, drafter = load_pair(args, need_draft=not args.no_spec)
     ids = prompt_ids(args, target.tokenizer)
+    check_context_length(target, drafter, len(ids), args.max_new_tokens)
     dec = SpeculativeDecoder(target, drafter)
     eos = target.token_id("eos_token_id")
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -4,7 +4,9 @@
     dspark pretrain --preset small ... --device cuda --time-budget 780
 
 Flags override the preset (see `dspark.reference.presets`). Prints the loss history as a table,
-then one JSON line with the summary (also saved as `training_summary.json` in the output).
+then one JSON line with the summary (also saved as `training_summary.json` in the output). An existing
+--out is never deleted: it is refused before training unless it holds a target dspark wrote and
+--overwrite is given.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", required=True, type=Path, help="corpus directory (`dspark data corpus`)")
     parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer directory (`dspark tokenizer`)")
     parser.add_argument("--out", required=True, type=Path, help="output model directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a target dspark wrote in --out")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
     parser.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward (0: batch size)")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     summary = pretrain(
         preset, args.corpus, args.tokenizer, args.out, device=args.device, seed=args.seed,
         micro_batch_size=args.micro_batch_size, cache_dir=args.cache_dir, compile_model=args.compile,
-        save_dtype=args.save_dtype, command="dspark " + shlex.join(sys.argv[1:]),
+        save_dtype=args.save_dtype, command="dspark " + shlex.join(sys.argv[1:]), overwrite=args.overwrite,
     )  # fmt: skip
     print(f"{'step':>7}{'train loss':>12}{'val loss':>10}{'lr':>10}{'time s':>9}")
     for row in summary["history"]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dspark.cli.common import add_model_arguments, load_pair, print_json
+from dspark.cli.common import add_model_arguments, check_output_file, load_pair, print_json
 from dspark.errors import ConfigError
 
 
@@ -46,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from dspark.decode.profile import profile_sps
 
     requests, widths = _ints(args.requests, "--requests"), _ints(args.widths, "--widths")
+    check_output_file(args.out, "--out")  # before the work, not after it
     out = Path(args.out)
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out {args.out!r}: directory {str(out.parent)!r} does not exist")
     target, drafter = load_pair(args, need_draft=not args.no_draft)
     table, rows = profile_sps(target, None if args.no_draft else drafter, requests, widths, args.context, args.repeats,
                               args.warmup, round_tokens=args.round_tokens, monotone=not args.no_monotone)

@@ -5,15 +5,18 @@
         [--model NAME --concurrency 16 --retries 3]
 
 Rerunning the same command after a kill continues where it stopped (see dspark.train.regenerate).
-Prints a summary table, then one JSON line.
+Prints a summary table, then one JSON line. Exits with status 1 when every sample of the run failed
+(the reasons are in the failures file).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
+from dspark.cli.common import check_output_file, load_target_checked, resolve_device
 from dspark.errors import ConfigError
 
 
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from dspark.train.regen_backends import EndpointBackend, HFBackend
     from dspark.train.regenerate import RegenerateOptions, SamplingParams, regenerate
 
+    for path, flag in ((args.output, "--output"), (args.failures, "--failures")):
+        check_output_file(path, flag)
     try:
         template_kwargs = json.loads(args.chat_template_kwargs)
     except json.JSONDecodeError as exc:
@@ -58,13 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         backend = EndpointBackend(args.endpoint, options)
     else:
-        import torch
-
-        from dspark.targets import load_target
-
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(args.device)
         dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        backend = HFBackend(load_target(args.target, dtype=dtype, device=device), options)
+        backend = HFBackend(load_target_checked(args.target, dtype, device), options)
     from tqdm import tqdm
 
     bar: list[tqdm] = []
@@ -84,4 +85,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
     print(json.dumps(summary))
+    if summary["failed"] and not summary["completed"]:
+        print(f"dspark: error: all {summary['failed']} samples of this run failed; the reasons are in "
+              f"{summary['failures']}", file=sys.stderr)
+        return 1
     return 0

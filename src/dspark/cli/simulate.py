@@ -20,7 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
+from dspark.cli.common import SIMULATION_OUTPUT, check_output_file, check_report_dir
 from dspark.errors import ConfigError
+from dspark.output_dir import claim_output_dir
 from dspark.scheduling import HARDWARE, MODELS, SPSTable, parse_policy, roofline_table
 from dspark.scheduling.roofline import Hardware, dspark_drafter_shape
 from dspark.sim.acceptance import DEFAULT_SHARPNESS, make_acceptance, preset_names
@@ -69,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--target", default="dspark", help="policy compared at the SLA anchors")
     out.add_argument("--baseline", default="mtp1", help="baseline policy at the SLA anchors")
     out.add_argument("--out", metavar="DIR", help="write simulation.json and PNG plots here")
+    out.add_argument("--overwrite", action="store_true", help="replace a simulation report dspark wrote in --out")
     out.add_argument("--no-plots", action="store_true")
 
 
@@ -131,6 +134,8 @@ def _row(r: SimResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_report_dir(args.out, SIMULATION_OUTPUT, args.overwrite)  # before the work, not after it
+    check_output_file(args.save_sps, "--save-sps")
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     if not policies:
         raise ConfigError("--policy is empty")
@@ -186,8 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "out": args.out,
     }
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = claim_output_dir(args.out, SIMULATION_OUTPUT, args.overwrite)
         full = {
             **summary,
             "note": "simulated with dspark.sim; illustrative, not measured",

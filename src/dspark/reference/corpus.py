@@ -216,20 +216,26 @@ def build_corpus(out_dir: Path, config: CorpusConfig) -> CorpusStats:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = CorpusStats(documents={s: 0 for s in SPLITS}, bytes={s: 0 for s in SPLITS})
-    handles = {s: open_gzip_text(out_dir / f"{s}.jsonl.gz.tmp") for s in SPLITS}
+    temps = {s: out_dir / f"{s}.jsonl.gz.tmp" for s in SPLITS}
+    handles = {s: open_gzip_text(path) for s, path in temps.items()}
     try:
         for doc in iter_documents(roots, config, stats):
             split = split_of(doc.sha256, config.validation_fraction, config.test_fraction)
             handles[split].write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
             stats.documents[split] += 1
             stats.bytes[split] += len(doc.text.encode("utf-8"))
-    finally:
+        if sum(stats.documents.values()) == 0:
+            raise DataError(f"no usable {'/'.join(config.extensions)} files under {', '.join(map(str, roots))}")
+    except BaseException:
         for handle in handles.values():
             handle.close()
-    if sum(stats.documents.values()) == 0:
-        raise DataError(f"no usable {'/'.join(config.extensions)} files under {', '.join(map(str, roots))}")
+        for path in temps.values():
+            path.unlink(missing_ok=True)
+        raise
+    for handle in handles.values():
+        handle.close()
     for split in SPLITS:
-        os.replace(out_dir / f"{split}.jsonl.gz.tmp", out_dir / f"{split}.jsonl.gz")
+        os.replace(temps[split], out_dir / f"{split}.jsonl.gz")
     provenance = {
         "kind": "dspark-reference-corpus",
         "roots": [str(r) for r in roots],

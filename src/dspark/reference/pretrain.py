@@ -8,7 +8,9 @@ standard Hugging Face model directory (`config.json`, `model.safetensors`, `gene
 the tokenizer files beside it, the corpus's provenance (`corpus_provenance.json`), and
 `training_summary.json` (preset, parameter count, tokens seen, validation loss, perplexity and bits
 per byte, loss history, versions, device). The directory is
-written under a temporary name and renamed at the end, so a crashed run never leaves a half model.
+written under a temporary name and renamed at the end, so a crashed run never leaves a half model; an
+existing output is checked before training and never deleted: only a target dspark wrote is replaced,
+and only with `overwrite` (`dspark.output_dir`).
 
 Run: `dspark pretrain --preset tiny --corpus runs/corpus --tokenizer runs/tokenizer --out runs/tiny`
 or the whole flow with `recipes/reference_target.sh tiny`.
@@ -20,7 +22,6 @@ import datetime as _dt
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import time
@@ -31,15 +32,19 @@ import torch
 import torch.nn.functional as F
 
 from dspark.errors import ConfigError, DataError
+from dspark.output_dir import OutputKind, check_output_dir, write_output_dir
 from dspark.reference.corpus import PROVENANCE_FILE, read_provenance
 from dspark.reference.packing import eval_windows, load_split, random_windows
 from dspark.reference.presets import TargetPreset, qwen3_config
-from dspark.reference.tokenizer import BOS, EOS, IM_END, PAD, copy_tokenizer, load_tokenizer
+from dspark.reference.tokenizer import BOS, EOS, IM_END, PAD, TOKENIZER_OUTPUT, copy_tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
 CORPUS_PROVENANCE_FILE = "corpus_provenance.json"
+TARGET_OUTPUT = OutputKind("reference target", frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", SUMMARY_FILE,
+    CORPUS_PROVENANCE_FILE, *TOKENIZER_OUTPUT.entries}))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -114,10 +119,12 @@ def pretrain(
     save_dtype: str = "bfloat16",
     log_every: int = 50,
     command: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train a reference target from scratch and save it to out_dir; returns the training summary."""
     from transformers import Qwen3ForCausalLM
 
+    check_output_dir(out_dir, TARGET_OUTPUT, overwrite)  # before any work: never train for a refused output
     if save_dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"save_dtype must be bfloat16, float16 or float32, got {save_dtype!r}")
     dev = resolve_device(device)
@@ -216,7 +223,8 @@ def pretrain(
         "command": command,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    save_target(model, tokenizer_dir, Path(out_dir), summary, save_dtype, ids, Path(corpus_dir) / PROVENANCE_FILE)
+    save_target(model, tokenizer_dir, Path(out_dir), summary, save_dtype, ids, Path(corpus_dir) / PROVENANCE_FILE,
+                overwrite=overwrite)
     logger.info("val loss %.4f, perplexity %.2f, saved to %s", val_loss, math.exp(val_loss), out_dir)
     return summary
 
@@ -237,26 +245,19 @@ def _corpus_summary(corpus_dir: Path) -> dict:
 
 def save_target(
     model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path, summary: dict, save_dtype: str, ids: dict[str, int],
-    corpus_provenance: Path | None = None,
+    corpus_provenance: Path | None = None, overwrite: bool = False,
 ) -> None:
-    """Write model + tokenizer + summary (+ the corpus provenance) under a temporary name, then swap it in."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write model + tokenizer + summary (+ the corpus provenance) under a temporary name, then install it."""
     model = model.to(device="cpu", dtype=getattr(torch, save_dtype))
     model.generation_config.bos_token_id = ids["bos"]
     model.generation_config.eos_token_id = [ids["eos"], ids["im_end"]]
     model.generation_config.pad_token_id = ids["pad"]
-    model.save_pretrained(str(tmp))
-    copy_tokenizer(tokenizer_dir, tmp)
-    (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    if corpus_provenance is not None and corpus_provenance.is_file():  # what the weights were trained on
-        shutil.copy2(corpus_provenance, tmp / CORPUS_PROVENANCE_FILE)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        copy_tokenizer(tokenizer_dir, tmp)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        if corpus_provenance is not None and corpus_provenance.is_file():  # what the weights were trained on
+            shutil.copy2(corpus_provenance, tmp / CORPUS_PROVENANCE_FILE)
+
+    write_output_dir(out_dir, TARGET_OUTPUT, fill, overwrite=overwrite)

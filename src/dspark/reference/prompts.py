@@ -144,13 +144,18 @@ def build_chat_documents(
     out_path = Path(out_path) if out_path else Path(corpus_dir) / CHAT_FILE
     count = 0
     docs = _subsample(read_documents(corpus_dir, "train"), fraction)
-    with open_gzip_text(out_path.with_suffix(".tmp")) as handle:
-        for _doc, examples in _iter_examples(docs, per_file, False, workers):
-            for _kind, request, answer in examples:
-                messages = [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]
-                handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-                count += 1
-    os.replace(out_path.with_suffix(".tmp"), out_path)
+    tmp = out_path.with_suffix(".tmp")
+    try:
+        with open_gzip_text(tmp) as handle:
+            for _doc, examples in _iter_examples(docs, per_file, False, workers):
+                for _kind, request, answer in examples:
+                    messages = [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]
+                    handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+                    count += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out_path)
     logger.info("%d chat documents in %s", count, out_path)
     return count
 
@@ -172,9 +177,13 @@ def write_prompt_set(path: Path, prompts: Iterable[list[str]]) -> None:
     """Write `{"turns": [...]}` lines (atomically)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for turns in prompts:
-            handle.write(json.dumps({"turns": list(turns)}, ensure_ascii=False) + "\n")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for turns in prompts:
+                handle.write(json.dumps({"turns": list(turns)}, ensure_ascii=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

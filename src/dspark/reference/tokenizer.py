@@ -31,6 +31,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from dspark.errors import ConfigError, DataError
+from dspark.output_dir import OutputKind, write_output_dir
 from dspark.reference.corpus import read_documents
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ BOS, EOS, PAD, MASK, IM_START, IM_END = (
 )  # fmt: skip
 SPECIAL_TOKENS: tuple[str, ...] = (BOS, EOS, PAD, MASK, IM_START, IM_END)
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_OUTPUT = OutputKind("tokenizer", frozenset({*TOKENIZER_FILES, "chat_template.jinja"}))
 
 # ChatML-style markers; `bos_token` first so a rendered chat starts like a pretraining document.
 CHAT_TEMPLATE = (
@@ -99,13 +101,14 @@ def train_tokenizer(
     return tokenizer
 
 
-def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int = 2048) -> Path:
-    """Save as an HF tokenizer directory (tokenizer.json + tokenizer_config.json), atomically."""
+def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int = 2048, overwrite: bool = False) -> Path:
+    """Save as an HF tokenizer directory (tokenizer.json + tokenizer_config.json), atomically.
+
+    An existing `out_dir` follows `dspark.output_dir`: refused unless it holds a tokenizer dspark wrote and
+    `overwrite` is set; only the tokenizer's own files are then replaced.
+    """
     from transformers import PreTrainedTokenizerFast
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
@@ -117,16 +120,16 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int = 
         clean_up_tokenization_spaces=False,
     )
     hf.chat_template = CHAT_TEMPLATE
-    hf.save_pretrained(str(tmp))
-    config_path = tmp / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["chat_template"] = CHAT_TEMPLATE  # inline as well: some versions read only the side file
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the class name every version knows
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+
+    def fill(tmp: Path) -> None:
+        hf.save_pretrained(str(tmp))
+        config_path = tmp / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["chat_template"] = CHAT_TEMPLATE  # inline as well: some versions read only the side file
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the class name every version knows
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+    return write_output_dir(out_dir, TOKENIZER_OUTPUT, fill, overwrite=overwrite)
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:

@@ -4,7 +4,8 @@ Records are read in file order, tokenized (`data.tokenize_record`), filtered (`m
 batched (right padding + attention mask), passed through `target.features` at `target_layer_ids`, and
 appended by a `CacheWriter` that commits after every batch. Rerunning the same command after a kill
 resumes after the last committed batch; a different target (by fingerprint), layer list, format or
-data file is refused. The result is byte-compatible with DeepSpec (format "standard") or our compact
+data file is refused. A build that fails on its input (a malformed record) removes what it wrote, so
+the rerun with the fixed file starts clean. The result is byte-compatible with DeepSpec (format "standard") or our compact
 fp8 variant (format "compact"); see `cache_format`.
 
 Data flow: conversations.jsonl + target -> build_cache -> cache dir -> cache.TargetCache.
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from dspark import __version__
-from dspark.errors import ConfigError
+from dspark.errors import ConfigError, DSparkError
 from dspark.train.cache_codec import encode_sample
 from dspark.train.cache_format import COMPACT_DTYPE, FORMATS
 from dspark.train.cache_writer import CacheWriter, file_sha256
@@ -105,6 +106,9 @@ def build_cache(target: Any, data_paths: str | Path | Sequence[str | Path], cach
             ours.update(scale_dtype="float32", scale_rows="one per token and layer",
                         last_hidden_rows="loss_mask[t] or loss_mask[t+1]")
         manifest = writer.finish(consumed, extra, ours)
+    except DSparkError:  # bad input: what was built from it must not block the rerun with the fixed file
+        writer.discard()
+        raise
     except BaseException:
         writer.close()
         raise

@@ -9,8 +9,11 @@ input records were consumed). A killed build resumes from the last commit: files
 committed lengths and shards renamed after it are taken back. `finish()` moves the index into place
 and writes `manifest.json` last, so a cache is complete exactly when its manifest exists.
 
-A directory that already holds a complete cache or unrelated files is never written to; a partial
-build started with different settings (target fingerprint, layers, format, data) is refused.
+A directory that already holds a complete cache or unrelated files is never written to
+(`check_cache_dir`, also run by the CLI before it loads the target); a partial build started with
+different settings (target fingerprint, layers, format, data) is refused. `discard()` removes
+everything the build wrote, for a build that failed on its input: the rerun with a fixed file then
+starts clean instead of being refused.
 """
 
 from __future__ import annotations
@@ -58,6 +61,21 @@ def _truncate(path: Path, length: int) -> None:
         handle.truncate(length)
 
 
+def check_cache_dir(cache_dir: str | Path) -> None:
+    """Raise `DataError` unless `cache_dir` is new, empty or a partial build (nothing is written)."""
+    directory = Path(cache_dir)
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"{directory} is a file, not a directory; choose a new directory for the cache")
+    if (directory / MANIFEST_NAME).exists():
+        raise DataError(f"{directory} already holds a complete cache ({MANIFEST_NAME} exists); "
+                        "choose a new directory (nothing was changed)")
+    if directory.exists() and not (directory / BUILD_DIR / PROGRESS).exists():
+        others = sorted(p.name for p in directory.iterdir() if p.name != BUILD_DIR)
+        if others:
+            raise DataError(f"{directory} is not empty (it holds {others[0]!r}) and holds no partial cache build; "
+                            "choose a new directory")
+
+
 class CacheWriter:
     """Append samples to a cache directory; see the module docstring for the protocol."""
 
@@ -69,12 +87,8 @@ class CacheWriter:
         self.target_layer_ids = [int(i) for i in target_layer_ids]
         self.build_key = build_key
         self.max_shard_bytes = int(max_shard_bytes)
-        if (self.dir / MANIFEST_NAME).exists():
-            raise DataError(f"{self.dir} already holds a complete cache ({MANIFEST_NAME} exists); "
-                            "choose a new directory (nothing was changed)")
+        check_cache_dir(self.dir)
         if self.dir.exists() and not (self.build / PROGRESS).exists():
-            if any(p.name != BUILD_DIR for p in self.dir.iterdir()):
-                raise DataError(f"{self.dir} is not empty and holds no partial cache build; choose a new directory")
             shutil.rmtree(self.build, ignore_errors=True)  # killed before its first commit: start over
         self.build.mkdir(parents=True, exist_ok=True)
         self._lock = (self.build / "lock").open("w")
@@ -222,6 +236,16 @@ class CacheWriter:
         self._close_handles()
         self._release()
         shutil.rmtree(self.build, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the partial build and every shard it closed (used when its input turned out to be bad)."""
+        self.abort()
+        for shard in self.state["shards"]:
+            (self.dir / shard["file_name"]).unlink(missing_ok=True)
+        for path in self.dir.glob("shard-*.bin"):  # renamed after the last commit
+            path.unlink(missing_ok=True)
+        if self.dir.is_dir() and not any(self.dir.iterdir()):
+            self.dir.rmdir()
 
     def _release(self) -> None:
         if not self._lock.closed:
