@@ -1,4 +1,4 @@
-"""Paged attention on the engine's KV cache through Triton: decode, extend (verify / chunked prefill) and one dispatcher.
+"""Paged attention on the engine's KV cache in Triton: decode, extend (verify, chunked prefill), one dispatcher.
 
 Where it sits: the fast runner's attention layers call `paged_attention` after `store_kv` has written
 the step's K/V; `dspark.models.paged_attention` is the plain PyTorch reference with the same signature
@@ -28,10 +28,14 @@ from dspark.kernels.attention_triton import _combine_kernel, _paged_attn_kernel
 from dspark.kernels.store_kv import _last_dim_contiguous
 
 LOG2E = math.log2(math.e)
-MIN_SPLIT_TOKENS = 128  # only decode and one-tile verify batches split; a split shorter than this costs more in its combine traffic than it buys in parallelism
 _INTERPRETED = type(_paged_attn_kernel).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1 at import
+# Split-K (decode and one-tile verify only): a grid of fewer programs than multiprocessors is split until it
+# holds about PROGRAMS_PER_SM per multiprocessor, in ranges of at least MIN_SPLIT_TOKENS positions. Measured
+# on an H200 (2026-12-01, Qwen3-8B heads, bf16): batch 1 at context 4096 best with 33 splits of 128; batch 8
+# with 7-15; batch 32 (256 programs) fastest unsplit, 20% slower with 3 splits.
 PROGRAMS_PER_SM = 4
-COMBINE_TILE = 8192  # partial-output elements one combine program holds (64 fp32 registers a thread at 4 warps)  # split the kv axis until the grid holds about this many programs per multiprocessor
+MIN_SPLIT_TOKENS = 128
+COMBINE_TILE = 8192  # partial-output elements one combine program holds (64 fp32 registers a thread at 4 warps)
 
 
 @dataclass(frozen=True)
@@ -61,15 +65,17 @@ def plan_attention(num_seqs: int, num_kv_heads: int, group: int, head_dim: int, 
         block_m = min(triton.next_power_of_2(max_query_len), max(1, rows_cap // block_g))
         block_m = max(block_m, 16 // min(block_g, 16))
     rows = block_m * block_g
-    block_n = 64 if block_d <= 128 else 32
+    # H200 sweep: 128-position kv steps beat 64 and 32 everywhere in 16-bit (decode 10-15%, prefill 9%);
+    # fp32 and head dim 256 halve it to stay inside shared memory at 2-3 stages
+    block_n = 128 if block_d * elem_bytes <= 256 else 64
     num_warps = 4 if rows <= 64 else 8
-    num_stages = 3 if elem_bytes <= 2 else 2
+    num_stages = 3 if rows <= 64 and elem_bytes <= 2 else 2
     num_q_tiles = triton.cdiv(max(max_query_len, 1), block_m)
     max_kv_len = max(max_kv_len, 1)
-    if num_splits is None and num_q_tiles > 1:
-        num_splits = 1  # prefill chunks have tiles enough to fill the GPU; their partials would cost real traffic
+    programs = max(num_seqs * num_q_tiles * num_kv_heads, 1)
+    if num_splits is None and (num_q_tiles > 1 or programs >= num_sms):
+        num_splits = 1  # the grid fills the GPU already (prefill chunks always do); partials would cost traffic
     elif num_splits is None:
-        programs = max(num_seqs * num_q_tiles * num_kv_heads, 1)
         num_splits = min(triton.cdiv(PROGRAMS_PER_SM * num_sms, programs), triton.cdiv(max_kv_len, MIN_SPLIT_TOKENS))
     num_splits = max(1, num_splits)
     split_len = triton.cdiv(triton.cdiv(max_kv_len, num_splits), block_n) * block_n
@@ -116,18 +122,27 @@ def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query
             context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, max_query_len: int,
             max_context_len: int | None, num_splits: int | None) -> torch.Tensor:
     num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, num_seqs = k_cache.shape[2], context_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return q.new_empty(q.shape)
+    if max_context_len is None:
+        max_context_len = int(context_lens.max())
+    plan = plan_attention(num_seqs, num_kv_heads, num_heads // max(num_kv_heads, 1), head_dim, max_query_len,
+                          max_context_len + max_query_len, _num_sms(q.device), q.element_size(), num_splits)
+    return paged_attention_with_plan(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, plan)
+
+
+def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                              query_start: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
+                              scale: float, plan: AttentionPlan) -> torch.Tensor:
+    """The launch itself, with an explicit plan (tuning sweeps); the entry points above choose the plan."""
+    num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
     _check(q, k_cache, v_cache, num_heads, num_kv_heads, head_dim)
     q = _last_dim_contiguous(q)
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     num_seqs = context_lens.shape[0]
-    if num_tokens == 0 or num_seqs == 0:
-        return out
-    if max_context_len is None:
-        max_context_len = int(context_lens.max())
     group = num_heads // num_kv_heads
-    plan = plan_attention(num_seqs, num_kv_heads, group, head_dim, max_query_len, max_context_len + max_query_len,
-                          _num_sms(q.device), q.element_size(), num_splits)
     split = plan.num_splits > 1
     if split:
         part = torch.empty((num_tokens, num_heads, plan.num_splits, head_dim), dtype=torch.float32, device=q.device)
