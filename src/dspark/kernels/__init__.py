@@ -14,9 +14,9 @@ except ImportError:  # CPU-only installs
     HAS_TRITON = False
 else:
     HAS_TRITON = True
-    from dspark.kernels.paged_attention import (AttentionPlan, paged_attention, paged_decode_attention,
-                                                paged_extend_attention, plan_attention)
+    from dspark.kernels.paged_attention import (AttentionPlan, paged_attention, paged_attention_with_plan,
+                                                paged_decode_attention, paged_extend_attention, plan_attention)
     from dspark.kernels.store_kv import store_kv
 
-__all__ = ["HAS_TRITON", "AttentionPlan", "paged_attention", "paged_decode_attention", "paged_extend_attention",
-           "plan_attention", "store_kv"]
+__all__ = ["HAS_TRITON", "AttentionPlan", "paged_attention", "paged_attention_with_plan", "paged_decode_attention",
+           "paged_extend_attention", "plan_attention", "store_kv"]
