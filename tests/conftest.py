@@ -10,6 +10,10 @@ import torch
 from dspark.drafters import build_drafter, config_from_target
 from dspark.targets import load_target
 
+# Tiny models: one intra-op thread is fastest, and on a shared 2-core machine extra threads oversubscribe
+# the cores (measured 8x slower per engine step with 2 threads under load).
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "deepspec"
