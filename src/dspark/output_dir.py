@@ -4,8 +4,8 @@ Every directory a dspark command writes carries a marker file, `.dspark-output.j
 output and the top-level entries the command wrote. Before any work, `check_output_dir` decides:
 
 * missing, empty, or holding only a marker: it is written;
-* holding output of the same kind (its marker says so, or it holds only names that kind writes, as
-  directories written before markers do): refused unless `overwrite`; with it, only those entries are
+* holding output of the same kind (its marker says so, or it holds only names that kind writes, files
+  among them, as directories written before markers do): refused unless `overwrite`; with it, only those entries are
   replaced and every other entry stays where it is;
 * anything else (a regular file, a directory with entries dspark did not write, a foreign entry under a
   name the command writes): refused, naming what is in the way; `overwrite` does not change that.
@@ -82,7 +82,7 @@ def owned_entries(path: Path, kind: OutputKind) -> set[str] | None:
     marker = read_marker(path)
     if marker is not None:
         return set(marker["entries"]) & present if marker.get("kind") == kind.name else None
-    if present and present <= kind.entries:  # written before markers existed
+    if present <= kind.entries and any((path / name).is_file() for name in present):  # written before markers
         return present
     return None
 

@@ -134,13 +134,13 @@ def write_outputs(report, out: Path, plots: bool, title: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_report_dir(args.out, EVAL_OUTPUT, args.overwrite)  # before the work, not after it
     from dspark.eval.metrics import DEFAULT_THRESHOLDS
     from dspark.eval.report import build_report
     from dspark.eval.runner import resolve_prompt_sets, run_prompt_sets
 
     if args.verify_len is not None and args.verify_len < 1:
         raise ConfigError(f"--verify-len must be >= 1, got {args.verify_len}")
-    check_report_dir(args.out, EVAL_OUTPUT, args.overwrite)  # before the work, not after it
     settings = decode_settings(args, args.verify_len)
     prompt_sets = resolve_prompt_sets(args.datasets)  # fail on a bad name before loading models
     target, drafter = load_pair(args)

@@ -43,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_file(args.out, "--out")  # before the work, not after it
     from dspark.decode.profile import profile_sps
 
     requests, widths = _ints(args.requests, "--requests"), _ints(args.widths, "--widths")
-    check_output_file(args.out, "--out")  # before the work, not after it
     out = Path(args.out)
     target, drafter = load_pair(args, need_draft=not args.no_draft)
     table, rows = profile_sps(target, None if args.no_draft else drafter, requests, widths, args.context, args.repeats,

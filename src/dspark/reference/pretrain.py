@@ -122,9 +122,9 @@ def pretrain(
     overwrite: bool = False,
 ) -> dict:
     """Train a reference target from scratch and save it to out_dir; returns the training summary."""
+    check_output_dir(out_dir, TARGET_OUTPUT, overwrite)  # before any work: never train for a refused output
     from transformers import Qwen3ForCausalLM
 
-    check_output_dir(out_dir, TARGET_OUTPUT, overwrite)  # before any work: never train for a refused output
     if save_dtype not in ("bfloat16", "float16", "float32"):
         raise ConfigError(f"save_dtype must be bfloat16, float16 or float32, got {save_dtype!r}")
     dev = resolve_device(device)

@@ -111,8 +111,8 @@ def check_resume(ckpt: Path, state: dict[str, Any], cfg: TrainConfig, identity: 
     if shapes:
         diffs.append("drafter shape: " + "; ".join(shapes[:3]))
     if diffs:
-        raise ConfigError(f"cannot resume from {ckpt}: it was trained differently ({' | '.join(diffs)}); use the "
-                          "checkpoint's settings or a new output_dir")
+        raise ConfigError(f"cannot resume from {ckpt}, which differs from this run: {' | '.join(diffs)}; use the "
+                          "checkpoint's target, data and settings, or a new output_dir")
 
 
 def restore_metrics(path: Path, step: int, saved: dict[str, Any] | None) -> None:
