@@ -203,13 +203,16 @@ def clean_leftovers(parent: Path, name: str | None = None) -> list[Path]:
         if _alive(int(match["pid"]) if match["pid"] else None):
             continue
         final = parent / match["name"]
-        if match["tag"] == "old" and not final.exists():
-            os.replace(entry, final)
-            log.warning("restored %s from %s (its replacement was interrupted)", final, entry.name)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-            log.info("removed %s, left by an interrupted write", entry)
-        else:
-            entry.unlink(missing_ok=True)
+        try:
+            if match["tag"] == "old" and not final.exists():
+                os.replace(entry, final)
+                log.warning("restored %s from %s (its replacement was interrupted)", final, entry.name)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+                log.info("removed %s, left by an interrupted write", entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another process (a torchrun rank) cleaned it first
+            continue
         done.append(entry)
     return done

@@ -28,6 +28,7 @@ from torch import nn
 from dspark.drafters import build_drafter, config_from_target
 from dspark.errors import ConfigError
 from dspark.formats import save_drafter
+from dspark.formats.io import check_weight_files, load_weights
 from dspark.targets import load_target
 from dspark.train.checkpoints import save_checkpoint
 from dspark.train.config import TrainConfig
@@ -95,8 +96,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         online = not cfg.cache
         cuda = self.device.type == "cuda"
-        from dspark.formats.io import check_weight_files, load_weights
-
         if Path(cfg.target).is_dir():
             check_weight_files(Path(cfg.target))
         self.target = load_target(cfg.target, dtype=cfg.target_dtype if cuda else "float32",
@@ -199,6 +198,8 @@ class Trainer:
             optim = FSDP.optim_state_dict_to_load(self.module, self.optimizer, optim)
         self.optimizer.load_state_dict(optim)
         self.scheduler.load_state_dict(state["scheduler"])
+        for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * fn(self.scheduler.last_epoch)  # this run's schedule (max_steps may have changed)
         self.step = int(state["step"])
         if self.dist.is_main:
             restore_metrics(self.out / "metrics.jsonl", self.step, state.get("metrics"))
