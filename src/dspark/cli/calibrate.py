@@ -27,6 +27,7 @@ from typing import Any
 from dspark.cli.common import DEFAULT_DRAFT, add_model_arguments, load_pair, print_json
 from dspark.cli.eval import add_decode_arguments, decode_settings, print_calibration
 from dspark.errors import ConfigError
+from dspark.output_dir import check_output_dir
 
 
 PLOT_NAME = "calibration_reliability.png"
@@ -108,10 +109,9 @@ def run(args: argparse.Namespace) -> int:
     draft_dir = Path(args.draft).expanduser() if args.draft else DEFAULT_DRAFT
     out_dir = Path(args.out).expanduser() if args.out else None
     if out_dir is not None:
-        from dspark.formats import CHECKPOINT
-        from dspark.output_dir import check_output_dir
+        from dspark.formats import CHECKPOINT  # torch: not at import time (`dspark --help` stays fast)
 
-        check_output_dir(out_dir, CHECKPOINT, args.overwrite)
+        check_output_dir(out_dir, CHECKPOINT, args.overwrite)  # before any decoding
     settings = decode_settings(args, verify_len=None)
     prompt_sets = resolve_prompt_sets(args.data)
     target, drafter = load_pair(args)
