@@ -30,6 +30,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("profile",), "dspark.cli.profile", "measure the decoder's SPS table and draft cost"),
     (("pretrain",), "dspark.cli.pretrain", "pretrain a reference target model"),
     (("tokenizer",), "dspark.cli.tokenizer", "train a byte-level BPE tokenizer"),
+    (("serve",), "dspark.cli.serve", "OpenAI-compatible HTTP server on the engine"),
+    (("bench", "serve"), "dspark.cli.bench", "benchmark an OpenAI-compatible server through its HTTP API"),
 ]
 
 

@@ -83,6 +83,17 @@ CHECKS: dict[str, Range | Callable[[str, Any], None]] = {
     "max_concurrency": AT_LEAST_ONE,
     "num_requests": AT_LEAST_ONE,
     "warmup_requests": NON_NEGATIVE,
+    # server and its benchmark
+    "port": Range(0, 65535),
+    "max_num_seqs": AT_LEAST_ONE,
+    "max_model_len": Range(2, MAX_TOKENS),
+    "max_num_batched_tokens": AT_LEAST_ONE,
+    "num_pages": Range(2, note="page 0 is reserved"),
+    "max_queue": NON_NEGATIVE,
+    "drain_timeout": NON_NEGATIVE,
+    "torch_threads": Range(0, note="0: torch's default"),
+    "num_prompts": AT_LEAST_ONE,
+    "max_tokens": TOKENS,
     # profiler
     "context": TOKENS,
     "repeats": AT_LEAST_ONE,

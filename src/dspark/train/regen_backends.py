@@ -119,6 +119,10 @@ class EndpointBackend:
     def __init__(self, url: str, options: RegenerateOptions, max_backoff: float = 30.0) -> None:
         if options.concurrency < 1 or options.retries < 0:
             raise ConfigError("concurrency must be >= 1 and retries >= 0")
+        try:
+            import httpx  # noqa: F401
+        except ModuleNotFoundError as exc:
+            raise ConfigError("--endpoint needs httpx: pip install httpx (or pip install 'dspark[serve]')") from exc
         self.url = chat_completions_url(url)
         self.options, self.max_backoff = options, max_backoff
         self.model = options.model
