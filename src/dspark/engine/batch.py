@@ -5,6 +5,10 @@ Every request contributes a contiguous run of query tokens (a prefill chunk, or 
 tokens ``query_start[b] : query_start[b+1]`` at absolute positions ``context_lens[b] ...``; those
 positions attend to the ``context_lens[b]`` cached positions before them (read through
 ``block_tables[b]``) and causally to each other. Their K/V are written to ``slot_mapping`` first.
+
+Optional host-side bounds (Python ints, None = unknown): ``max_query_len`` >= every query run and
+``max_context_len`` >= every ``context_lens[b]``. Kernels that size their launch from them (Triton
+paged attention, CUDA graphs) then never read the device; without them they read the maxima (a sync).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class FlatBatch:
     context_lens: torch.Tensor  # [B] long, positions already cached before this step's tokens
     block_tables: torch.Tensor  # [B, max_pages] int32, page ids (-1 = unused)
     logits_indices: torch.Tensor  # [M] long, flat tokens whose next-token logits are needed
+    max_query_len: int | None = None  # host upper bound of query_lens().max() (None: read it off the device)
+    max_context_len: int | None = None  # host upper bound of context_lens.max()
 
     @property
     def num_tokens(self) -> int:
@@ -41,7 +47,18 @@ class FlatBatch:
 
     def to(self, device: torch.device | str) -> "FlatBatch":
         return FlatBatch(*(t.to(device) for t in (self.input_ids, self.positions, self.slot_mapping, self.query_start,
-                                                   self.context_lens, self.block_tables, self.logits_indices)))
+                                                   self.context_lens, self.block_tables, self.logits_indices)),
+                         max_query_len=self.max_query_len, max_context_len=self.max_context_len)
+
+    def host_bounds(self) -> tuple[int, int]:
+        """(max query length, max context length): the host fields when set, else read off the device (syncs)."""
+        q = self.max_query_len
+        if q is None:
+            q = int(self.query_lens().max()) if self.num_seqs else 0
+        c = self.max_context_len
+        if c is None:
+            c = int(self.context_lens.max()) if self.num_seqs else 0
+        return q, c
 
 
 def slots_for(block_table: list[int], start: int, count: int, page_size: int) -> list[int]:

@@ -187,10 +187,22 @@ def HFRunner(target, drafter: Drafter | None, num_pages: int, page_size: int) ->
     return Runner(HFTarget(target), drafter, num_pages, page_size)
 
 
-def ModelRunner(target, drafter: Drafter | None, num_pages: int, page_size: int) -> Runner:  # noqa: N802
-    """The engine's own dense forward over the paged cache (`dspark.models`)."""
+def ModelRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  # noqa: N802
+                cuda_graphs: bool = True) -> Runner:
+    """The engine's own dense forward over the paged cache (`dspark.models`).
+
+    On CUDA with ``cuda_graphs`` the target steps replay CUDA graphs (`GraphedDenseTarget`, verify graphs
+    promise γ+1 query tokens per request); ``cuda_graphs=False`` (``--enforce-eager``) or a CPU model runs
+    every step eagerly (`DenseTarget`).
+    """
     from dspark.engine.dense_target import DenseTarget
     from dspark.models import DenseLM
 
     model = target if isinstance(target, DenseLM) else DenseLM.from_hf_model(target.model)
+    if cuda_graphs and model.device.type == "cuda":
+        from dspark.engine.graphed_target import GraphedDenseTarget
+
+        gamma = drafter.config.num_drafts if drafter is not None else 0
+        backend = GraphedDenseTarget(model, num_pages, page_size, max_query_len=gamma + 1)
+        return Runner(backend, drafter, num_pages, page_size)
     return Runner(DenseTarget(model, num_pages, page_size), drafter, num_pages, page_size)

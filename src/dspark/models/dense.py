@@ -8,13 +8,23 @@ pass returns the drafter's features: raw outputs of the decoder layers in `featu
 concatenated in list order (id -1 = embedding output), i.e. HF ``hidden_states[i + 1]``, and the
 final-normed hidden (HF ``hidden_states[-1]``). The math follows transformers (RMSNorm in float32,
 rotate-half rotary from float32 frequencies, SDPA with scale D^-0.5), so in float32 it matches it to
-rounding. Attention is pluggable (`PagedAttentionFn`): the plain-PyTorch reference by default.
+rounding. Attention is pluggable (`PagedAttentionFn`); by default the plain-PyTorch reference on the
+CPU and the Triton kernels (`dspark.kernels`) on CUDA.
+
+Two code paths, the same math: the reference path (module by module, what the CPU runs, exact) and
+the fused path (on CUDA with Triton, or forced with ``fused=True`` for interpreter tests): residual
+add + RMSNorm, q/k norm + rotary + KV store and SiLU·up are one Triton kernel each
+(`dspark.models.fused_ops`), so a layer is 4 GEMMs + 4 small kernels + attention, with no host sync
+when the batch carries its host bounds (`FlatBatch.max_query_len` / `max_context_len`) — what CUDA
+graphs capture (`dspark.engine.graphed_target`).
 
 Flow: engine scheduler -> FlatBatch -> DenseLM.forward (+ PagedKVCache) -> logits / features -> verify, drafter.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol
 
@@ -96,11 +106,32 @@ class DenseLayer(nn.Module):
         return h + self.down_proj(F.silu(gate) * up)
 
 
+@functools.lru_cache(maxsize=64)
+def _takes_bounds(fn: Any) -> bool:
+    """Whether an attention function accepts the optional host bounds (older ones take 5 arguments)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "max_query_len" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def fused_available(device: torch.device) -> bool:
+    """The fused path runs by default on CUDA devices where Triton is installed."""
+    if device.type != "cuda":
+        return False
+    from dspark.kernels import HAS_TRITON
+
+    return HAS_TRITON
+
+
 class DenseLM(nn.Module):
-    def __init__(self, config: DenseConfig, attention: PagedAttentionFn = paged_attention) -> None:
+    def __init__(self, config: DenseConfig, attention: PagedAttentionFn | None = None, fused: bool | None = None) -> None:
+        """`attention` None: the reference on the CPU, Triton on CUDA; `fused` None: the fused path on CUDA only."""
         super().__init__()
         self.config = config
         self.attention = attention
+        self.fused = fused
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DenseLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -128,23 +159,76 @@ class DenseLM(nn.Module):
         cfg = self.config
         return PagedKVCache(cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim, self.dtype, self.device)
 
+    def uses_fused_path(self) -> bool:
+        return fused_available(self.device) if self.fused is None else self.fused
+
+    def attention_fn(self) -> PagedAttentionFn:
+        """The attention actually called: the given one, else Triton on CUDA and the reference elsewhere."""
+        if self.attention is not None:
+            return self.attention
+        if fused_available(self.device):
+            from dspark.kernels import paged_attention as triton_attention
+
+            return triton_attention
+        return paged_attention
+
     def forward(self, batch: FlatBatch, kv: PagedKVCache, feature_layer_ids: list[int] | None = None) -> DenseOutput:
         """One engine step over every token of `batch`; K/V of its tokens land in `kv`."""
         ids = self._check_feature_ids(feature_layer_ids)
         h = self.embed(batch.input_ids)  # [N, d]
         cos, sin = rope_cos_sin(batch.positions, self.inv_freq, h.dtype)
-        saved: dict[int, torch.Tensor] = {-1: h} if -1 in ids else {}
-        for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, batch, kv, i, self.attention)
-            if i in ids:
-                saved[i] = h
-        last = self.norm(h)
+        if self.uses_fused_path():
+            saved, last = self._fused_layers(h, cos, sin, batch, kv, ids)
+        else:
+            attention = self.attention_fn()
+            saved = {-1: h} if -1 in ids else {}
+            for i, layer in enumerate(self.layers):
+                h = layer(h, cos, sin, batch, kv, i, attention)
+                if i in ids:
+                    saved[i] = h
+            last = self.norm(h)
         logits = self.lm_head(last[batch.logits_indices])  # [M, V]
         if feature_layer_ids is None:
             features = None
         else:
             features = torch.cat([saved[i] for i in ids], dim=-1) if ids else last[:, :0]
         return DenseOutput(logits=logits, last_hidden=last, features=features)
+
+    def _fused_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: FlatBatch, kv: PagedKVCache,
+                      ids: list[int]) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """The decoder stack on the fused kernels: (raw outputs of the layers in `ids`, final-normed hidden).
+
+        The residual stream is carried un-normed between layers and each residual add is fused with the
+        next RMSNorm, so layer i's raw output appears as the residual of layer i+1's first add (no extra pass).
+        """
+        from dspark.models.fused_ops import add_rms_norm, qk_norm_rope_store, silu_mul
+
+        attention = self.attention_fn()
+        bounds: dict[str, int] = {}
+        if _takes_bounds(attention):
+            max_q, max_ctx = batch.host_bounds()
+            bounds = dict(max_query_len=max_q, max_context_len=max_ctx)
+        n = h.shape[0]
+        cos2, sin2 = cos.view(n, -1), sin.view(n, -1)
+        saved: dict[int, torch.Tensor] = {-1: h} if -1 in ids else {}
+        residual, delta = h, None
+        for i, layer in enumerate(self.layers):
+            norm = layer.input_layernorm
+            residual, x = add_rms_norm(delta, residual, norm.weight, norm.eps)
+            if i - 1 in ids:
+                saved[i - 1] = residual
+            qkv = layer.qkv_proj(x)
+            qn, kn = layer.q_norm, layer.k_norm
+            q = qk_norm_rope_store(qkv, cos2, sin2, qn.weight if qn is not None else None,
+                                   kn.weight if kn is not None else None, qn.eps if qn is not None else 0.0,
+                                   layer.num_heads, layer.num_kv_heads, layer.head_dim, kv.k[i], kv.v[i],
+                                   batch.slot_mapping)
+            out = attention(q, kv.k[i], kv.v[i], batch, layer.scale, **bounds)  # [N, H, D]
+            norm = layer.post_attention_layernorm
+            residual, x = add_rms_norm(layer.o_proj(out.reshape(n, -1)), residual, norm.weight, norm.eps)
+            delta = layer.down_proj(silu_mul(layer.gate_up_proj(x)))
+        residual, last = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps)
+        return saved, last
 
     def _check_feature_ids(self, feature_layer_ids: list[int] | None) -> list[int]:
         ids = [int(i) for i in feature_layer_ids or []]
@@ -159,10 +243,11 @@ class DenseLM(nn.Module):
     # -- construction -----------------------------------------------------------------------------
     @classmethod
     def from_weights(cls, config: DenseConfig, source: WeightSource, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str = "cpu", attention: PagedAttentionFn = paged_attention) -> "DenseLM":
+                     device: torch.device | str = "cpu", attention: PagedAttentionFn | None = None,
+                     fused: bool | None = None) -> "DenseLM":
         """Build the model with its weights from `source` (HF names), without a random init first."""
         with torch.device("meta"):
-            model = cls(config, attention)
+            model = cls(config, attention, fused)
         expected = {name: t.shape for name, t in model.state_dict().items()}
         if config.tie_word_embeddings:
             expected.pop("lm_head.weight")
@@ -173,8 +258,9 @@ class DenseLM(nn.Module):
         return model.eval().requires_grad_(False)
 
     @classmethod
-    def from_hf_model(cls, model: HFModelLike, attention: PagedAttentionFn = paged_attention) -> "DenseLM":
+    def from_hf_model(cls, model: HFModelLike, attention: PagedAttentionFn | None = None,
+                      fused: bool | None = None) -> "DenseLM":
         """The same weights as an already-loaded `transformers` causal LM (same dtype and device)."""
         first = next(iter(model.parameters()))
         return cls.from_weights(DenseConfig.from_dict(model.config.to_dict()), StateDictSource(model.state_dict()),
-                                dtype=first.dtype, device=first.device, attention=attention)
+                                dtype=first.dtype, device=first.device, attention=attention, fused=fused)

@@ -1,7 +1,10 @@
 """Reference attention over the paged KV cache, in plain PyTorch (the oracle faster kernels must match).
 
 `paged_attention(q, k_cache, v_cache, batch, scale)` is the seam: a Triton/CUDA kernel with the same
-signature (`PagedAttentionFn`) can replace it in `DenseLM` without touching the model. Semantics, per
+signature (`PagedAttentionFn`) can replace it in `DenseLM` without touching the model. Two optional
+keyword arguments, ``max_query_len`` and ``max_context_len`` (host ints, upper bounds), let a kernel size
+its launch without reading the device (`dspark.kernels.paged_attention` needs them inside CUDA graphs);
+a function that does not accept them is called without them. Semantics, per
 sequence ``b`` of the `FlatBatch`: its ``q_len`` query tokens sit at positions
 ``context_lens[b] .. context_lens[b] + q_len - 1``; query ``j`` attends to cached positions
 ``0 .. context_lens[b] + j`` (the prefix plus itself and the earlier queries: causal). The caller has
@@ -24,14 +27,16 @@ from dspark.engine.batch import FlatBatch
 
 class PagedAttentionFn(Protocol):
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch,
-                 scale: float) -> torch.Tensor:
+                 scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None
+                 ) -> torch.Tensor:
         """q [N, H, D], k/v_cache [P, page_size, Hkv, D] -> out [N, H, D] (dtype of q)."""
         ...
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch,
-                    scale: float) -> torch.Tensor:
-    """Prefix-plus-causal attention of every flat query token over its sequence's cached K/V."""
+                    scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None
+                    ) -> torch.Tensor:
+    """Prefix-plus-causal attention of every flat query token over its sequence's cached K/V (bounds unused)."""
     num_tokens, heads, head_dim = q.shape
     if num_tokens == 0:
         return torch.empty_like(q)
