@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from dspark import SpeculativeDecoder, load_drafter, load_target
-from dspark.decode import summarize
-from dspark.decode.policy_planner import planner_from_args
+from dspark.eval.metrics import summarize
+from dspark.scheduling.planner import planner_from_args
 
 
 def main() -> None:

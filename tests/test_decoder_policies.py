@@ -4,7 +4,7 @@ import pytest
 
 from conftest import tiny_drafter
 from dspark import SpeculativeDecoder
-from dspark.decode.policy_planner import PolicyPlanner
+from dspark.scheduling.planner import VerifyPlanner
 from dspark.errors import ConfigError
 from dspark.sampling import SamplingParams
 from dspark.scheduling import SPSTable
@@ -26,7 +26,7 @@ def test_policies_keep_greedy_output(bigram, policy):  # noqa: F811
     tgt, f = bigram
     dec = SpeculativeDecoder(tgt, _drafter(tgt, f, "dspark", {"markov_head_type": "vanilla"}))
     base = dec.generate(PROMPTS, 40, temperature=0, speculative=False)
-    spec = dec.generate(PROMPTS, 40, temperature=0, planner=PolicyPlanner(policy, jagged_sps(len(PROMPTS))))
+    spec = dec.generate(PROMPTS, 40, temperature=0, planner=VerifyPlanner(policy, jagged_sps(len(PROMPTS))))
     assert [s.token_ids for s in spec] == [b.token_ids for b in base]
     if policy == "none":
         assert all(r.verified == 0 for s in spec for r in s.rounds)
@@ -36,7 +36,7 @@ def test_policies_keep_greedy_output(bigram, policy):  # noqa: F811
 def test_policies_are_statistically_lossless(target, policy):  # noqa: F811
     drafter = tiny_drafter(target, "dspark", seed=11, scale=3.0)
     results = SpeculativeDecoder(target, drafter).generate(
-        [PROMPT] * ROWS, 4, seed=321, temperature=1.0, planner=PolicyPlanner(policy, jagged_sps(ROWS)))
+        [PROMPT] * ROWS, 4, seed=321, temperature=1.0, planner=VerifyPlanner(policy, jagged_sps(ROWS)))
     lengths = {r.rounds[0].verified for r in results}
     assert len(lengths) > 1, "requests must get different verification lengths"
     joint12, joint23 = exact_laws(target, SamplingParams())
@@ -46,10 +46,10 @@ def test_policies_are_statistically_lossless(target, policy):  # noqa: F811
 
 def test_policy_errors(target):  # noqa: F811
     with pytest.raises(ConfigError, match="SPS"):
-        PolicyPlanner("dspark")
+        VerifyPlanner("dspark")
     with pytest.raises(ConfigError):
-        PolicyPlanner("bogus")
-    planner = PolicyPlanner("threshold:0.5")
+        VerifyPlanner("bogus")
+    planner = VerifyPlanner("threshold:0.5")
     dflash = tiny_drafter(target, "dflash")
     with pytest.raises(ConfigError, match="confidence head"):
         SpeculativeDecoder(target, dflash).generate([PROMPT], 4, planner=planner)

@@ -10,7 +10,7 @@ A deliberately biased acceptance rule must fail the same test.
 import pytest
 import torch
 
-import dspark.decode.decoder as decoder_module
+import dspark.engine.step as decoder_module
 from conftest import save_tiny_target, tiny_drafter
 from dspark import SpeculativeDecoder, load_target
 from dspark.sampling import SamplingParams, processed_probs

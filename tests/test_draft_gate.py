@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_drafter
 from dspark import SpeculativeDecoder
-from dspark.decode.policy_planner import PolicyPlanner
+from dspark.scheduling.planner import VerifyPlanner
 from dspark.drafters.base import ContextUpdate, concat_updates
 from dspark.errors import ConfigError
 from dspark.sampling import SamplingParams
@@ -117,17 +117,22 @@ def test_skipped_round_context_reaches_the_drafter(qwen3_target, method):
 
 
 class Alternating:
-    """A planner that skips drafting in the given rounds (0-based) and verifies every draft otherwise."""
+    """A planner that skips drafting in the given rounds (0-based) and verifies every draft otherwise.
+
+    The engine asks `should_draft` after each step for the NEXT round; the prefill step counts as
+    round 0's decision, so skipping round 0 means the first decoding round verifies nothing."""
+
+    policy, drafting, needs_confidence = "scripted", True, False
 
     def __init__(self, skip: set[int]) -> None:
         self.skip, self.round = skip, 0
 
-    def should_draft(self, active: torch.Tensor) -> bool:
+    def should_draft(self, num_requests: int) -> bool:
         self.round += 1
         return self.round - 1 not in self.skip
 
-    def __call__(self, proposal):
-        return torch.full((proposal.draft_ids.shape[0],), proposal.draft_ids.shape[1], dtype=torch.long)
+    def plan(self, survival, confidence=None):
+        return np.full(survival.shape[0], survival.shape[1], dtype=np.int64)
 
 
 @pytest.mark.parametrize("method, kw", [("dspark", {"markov_head_type": "vanilla"}), ("eagle3", {}), ("mtp", {})])
@@ -145,15 +150,15 @@ def test_gated_policy_keeps_greedy_output_and_skips(bigram):  # noqa: F811
     tgt, f = bigram
     dec = SpeculativeDecoder(tgt, _drafter(tgt, f, "dspark", {"markov_head_type": "vanilla"}))
     base = dec.generate(PROMPTS, 40, temperature=0, speculative=False)
-    costly = PolicyPlanner("dspark+gate", SPSTable([1, 100], [100.0, 100.0], {1: 1.0, 100: 1.0}))
+    costly = VerifyPlanner("dspark+gate", SPSTable([1, 100], [100.0, 100.0], {1: 1.0, 100: 1.0}))
     spec = dec.generate(PROMPTS, 40, temperature=0, planner=costly)
     assert [s.token_ids for s in spec] == [b.token_ids for b in base]
     assert costly.gate.rounds_skipped > 0
-    free = PolicyPlanner("dspark+gate", SPSTable([1, 100], [100.0, 100.0]))
+    free = VerifyPlanner("dspark+gate", SPSTable([1, 100], [100.0, 100.0]))
     dec.generate(PROMPTS, 40, temperature=0, planner=free)
     assert free.gate.rounds_skipped == 0
     with pytest.raises(ConfigError, match="SPS"):
-        PolicyPlanner("fixed:2+gate")
+        VerifyPlanner("fixed:2+gate")
 
 
 def test_skipped_round_is_statistically_lossless(target):  # noqa: F811

@@ -16,8 +16,8 @@ import math
 import numpy as np
 import pytest
 
-from dspark.decode import summarize
-from dspark.decode.records import GenerationResult, RoundRecord
+from dspark.eval.metrics import summarize
+from dspark.engine.results import GenerationResult, RoundRecord
 from dspark.eval.metrics import (acceptance_summary, conditional_acceptance, macro_mean, prefix_survival, tau,
                                  threshold_lengths, threshold_sweep, unconditional_acceptance)
 from dspark.eval.reliability import calibration_report, expected_calibration_error, reliability_bins, roc_auc

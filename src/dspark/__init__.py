@@ -20,7 +20,7 @@ def __getattr__(name: str):  # lazy: `import dspark` stays cheap for the CLI's -
 
         return load_drafter
     if name == "SpeculativeDecoder":
-        from dspark.decode import SpeculativeDecoder
+        from dspark.engine.decoder import SpeculativeDecoder
 
         return SpeculativeDecoder
     raise AttributeError(f"module 'dspark' has no attribute {name!r}")

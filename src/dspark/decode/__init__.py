@@ -1,6 +1,7 @@
-"""The reference speculative decoder: batch of prompts, any drafter, per-round statistics."""
+"""Deprecated location: the decoding core is `dspark.engine`; these names are re-exported from there."""
 
-from dspark.decode.decoder import SpeculativeDecoder
-from dspark.decode.records import GenerationResult, RoundRecord, summarize
+from dspark.engine.decoder import SpeculativeDecoder
+from dspark.engine.results import GenerationResult, RoundRecord
+from dspark.eval.metrics import summarize
 
 __all__ = ["SpeculativeDecoder", "GenerationResult", "RoundRecord", "summarize"]

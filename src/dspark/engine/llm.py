@@ -26,7 +26,7 @@ from dspark.engine.results import GenerationResult, RequestOutput
 from dspark.engine.runner import HFRunner, ModelRunner, Runner
 from dspark.engine.scheduler import Scheduler
 from dspark.errors import ConfigError, DSparkError, UnsupportedModelError
-from dspark.scheduling.planner import VerifyPlanner
+from dspark.scheduling.planner import Planner, VerifyPlanner
 from dspark.scheduling.sps_table import SPSTable
 from dspark.targets.adapter import TargetModel
 
@@ -64,7 +64,7 @@ def _page_bytes(target: TargetModel, drafter: Drafter | None, page_size: int) ->
 
 class LLM:
     def __init__(self, target: str | Path | TargetModel, drafter: str | Path | Drafter | None = None, *,
-                 policy: str | None = None, sps: SPSTable | str | Path | None = None, runner: str = "auto",
+                 policy: str | Planner | None = None, sps: SPSTable | str | Path | None = None, runner: str = "auto",
                  dtype: str = "float32", device: str = "cpu", **options: object) -> None:
         self.target, self.drafter = _load(target, drafter, dtype, device)
         self.num_drafts = self.drafter.config.num_drafts if self.drafter is not None else 0
@@ -72,7 +72,8 @@ class LLM:
         if unknown:
             raise ConfigError(f"unknown engine option(s) {sorted(unknown)}; known: {sorted(EngineConfig.__dataclass_fields__)}")
         cfg = EngineConfig(**options)  # type: ignore[arg-type]
-        cfg.policy = policy or (f"fixed:{self.num_drafts}" if self.drafter is not None else "none")
+        given = policy if policy is not None and not isinstance(policy, str) else None
+        cfg.policy = given.policy if given is not None else (policy or (f"fixed:{self.num_drafts}" if self.drafter is not None else "none"))
         cfg.check(self.num_drafts)
         self.config = cfg
         max_pos = int(getattr(self.target.text_config, "max_position_embeddings", 0) or 0) or 1 << 20
@@ -80,7 +81,7 @@ class LLM:
         self.eos_token_ids = set(cfg.eos_token_ids) or self.target.stop_token_ids()
         num_pages = cfg.num_pages or self._default_pages()
         self.runner = self._make_runner(runner, num_pages)
-        self.planner = self._make_planner(cfg.policy, sps)
+        self.planner = self._make_planner(given or cfg.policy, sps)
         self.blocks = BlockManager(num_pages, cfg.page_size, cfg.enable_prefix_caching and self.runner.supports_prefix_caching)
         if self.blocks.pages_for(self.max_model_len) > num_pages - 1:
             log.info("KV pool of %d pages holds less than one max_model_len sequence; long requests will be refused", num_pages)
@@ -112,12 +113,12 @@ class LLM:
                 return HFRunner(self.target, self.drafter, num_pages, ps)
         raise ConfigError(f"runner must be 'auto', 'model' or 'hf', got {kind!r}")
 
-    def _make_planner(self, policy: str, sps: SPSTable | str | Path | None) -> VerifyPlanner:
+    def _make_planner(self, policy: str | Planner, sps: SPSTable | str | Path | None) -> Planner:
         if isinstance(sps, (str, Path)):
             if not Path(sps).is_file():
                 raise ConfigError(f"SPS table {str(sps)!r} not found")
             sps = SPSTable.load(sps)
-        planner = VerifyPlanner(policy, sps)
+        planner = VerifyPlanner(policy, sps) if isinstance(policy, str) else policy
         if planner.drafting and self.drafter is None:
             raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")
         if planner.needs_confidence and self.drafter is not None and not self.drafter.config.has_confidence:

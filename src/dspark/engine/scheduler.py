@@ -26,7 +26,7 @@ from dspark.engine.messages import NewRequest, RunnerOutput, ScheduledSeq, Sched
 from dspark.engine.options import EngineConfig
 from dspark.engine.request import Request, Status
 from dspark.engine.results import RoundRecord
-from dspark.scheduling.planner import VerifyPlanner
+from dspark.scheduling.planner import Planner
 
 
 def draw_stride(num_drafts: int) -> int:
@@ -35,7 +35,7 @@ def draw_stride(num_drafts: int) -> int:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, blocks: BlockManager, planner: VerifyPlanner, num_drafts: int,
+    def __init__(self, config: EngineConfig, blocks: BlockManager, planner: Planner, num_drafts: int,
                  eos_token_ids: set[int], max_model_len: int) -> None:
         self.config, self.blocks, self.planner = config, blocks, planner
         self.num_drafts = num_drafts

@@ -155,3 +155,13 @@ def nan_to_none(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def summarize(results: Sequence, num_slots: int) -> dict[str, object]:
+    """τ over all rounds of all results (`GenerationResult`s), per-slot conditional and unconditional acceptance.
+
+    τ is None without rounds.
+    """
+    rounds = [r for res in results for r in res.rounds]
+    return acceptance_summary(np.array([r.accepted for r in rounds], dtype=np.int64),
+                              np.array([r.verified for r in rounds], dtype=np.int64), num_slots)

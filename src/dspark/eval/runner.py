@@ -63,7 +63,7 @@ class DecodeSettings:
     batch_size: int = 32
     seed: int = 0
     max_turns: int | None = None  # answer at most this many user turns per request (None: all)
-    policy: str | None = None  # verification-length policy (dspark.decode.policy_planner), None: fixed
+    policy: str | None = None  # verification-length policy (dspark.scheduling.planner), None: fixed
     sps: str | None = None  # SPS table JSON for the policies that need one
 
 
@@ -243,7 +243,7 @@ def _planner(settings: DecodeSettings):
     """A fresh policy planner per decoded batch (its stale-survival history belongs to that batch)."""
     if settings.policy is None:
         return None
-    from dspark.decode.policy_planner import planner_from_args
+    from dspark.scheduling.planner import planner_from_args
 
     return planner_from_args(settings.policy, settings.sps)
 

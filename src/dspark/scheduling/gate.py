@@ -1,7 +1,7 @@
 """The draft gate: skip drafting in a round when its expected gain does not pay for the drafter's cost.
 
 Where it sits: `DraftGate.decide(R) ─► draft this round or not`, asked BEFORE the drafter runs (by
-`dspark.sim.engine` and `dspark.decode.policy_planner`, for policies named ``POLICY+gate``); the
+`dspark.scheduling.planner.VerifyPlanner`, shared by the engine and `dspark.sim`, for policies named ``POLICY+gate``); the
 survival of the rounds that drafted is fed in by `observe`.
 
 The verification-length policies only choose how many drafts to verify; the drafter itself has already

@@ -13,6 +13,7 @@ two steps back) and the gate's history of drafted steps. Pure numpy: no torch in
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +24,18 @@ from dspark.scheduling.sps_table import SPSTable
 
 NEEDS_SPS = ("dspark", "dspark-async", "global")
 NEEDS_CONFIDENCE = ("threshold", "dspark", "dspark-async", "global")
+
+
+class Planner(Protocol):
+    """What the engine's scheduler asks each step (a `VerifyPlanner`, or a test's scripted planner)."""
+
+    policy: str
+    drafting: bool  # does this policy ever draft?
+    needs_confidence: bool
+
+    def should_draft(self, num_requests: int) -> bool: ...
+
+    def plan(self, survival: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def survival_from_confidence(confidence: np.ndarray) -> np.ndarray:
@@ -71,3 +84,15 @@ class VerifyPlanner:
     @property
     def rounds_skipped(self) -> int:
         return 0 if self.gate is None else self.gate.rounds_skipped
+
+
+def planner_from_args(policy: str, sps_path: str | None) -> VerifyPlanner:
+    """A planner for a CLI's --policy / --sps pair (the table file is checked here)."""
+    from pathlib import Path
+
+    sps = None
+    if sps_path is not None:
+        if not Path(sps_path).is_file():
+            raise ConfigError(f"SPS table {sps_path!r} not found")
+        sps = SPSTable.load(sps_path)
+    return VerifyPlanner(policy, sps)
