@@ -123,6 +123,10 @@ def test_enforce_eager_runs_the_model_directly():
 
 
 # ------------------------------------------------------------------------------------------------ GPU
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def cuda_model(dtype: torch.dtype) -> DenseLM:
     torch.manual_seed(0)
     hf = build_hf("qwen3", seed=6, hidden_size=256, intermediate_size=512, num_attention_heads=8,
@@ -159,7 +163,6 @@ def test_gpu_graph_replay_equals_eager(dtype):
         for s, n in enumerate(lens):  # prefill (eager: longer than the promise)
             graphed.forward(sim.batch([(s, tokens(n, s))]), None, FEATURE_IDS)
     assert graphed.num_eager_steps == num_seqs
-    tol = 1e-4 if dtype == torch.float32 else 6e-2
     rounds = [[1] * b for b in (1, 2, 3, 5, 8, 13, 24)]  # decode at many sizes
     rounds += [torch.randint(1, 9, (b,), generator=gen).tolist() for b in (1, 4, 7, 24)]  # mixed verify lengths
     for r, q_lens in enumerate(rounds):
@@ -184,7 +187,8 @@ def test_gpu_graph_replay_equals_eager(dtype):
         for (k, v), (k0, v0) in zip(zip(sim.kv.k, sim.kv.v), snapshot):
             k.copy_(k0)
             v.copy_(v0)
-        padded = model(entry.batch, sim.kv, FEATURE_IDS)  # the same padded batch, eagerly: bit for bit
+        with torch.no_grad():
+            padded = model(entry.batch, sim.kv, FEATURE_IDS)  # the same padded batch, eagerly: bit for bit
         n, m = batch.num_tokens, batch.logits_indices.shape[0]
         torch.testing.assert_close(got.logits, padded.logits[:m], atol=0, rtol=0)
         torch.testing.assert_close(got.features, padded.features[:n], atol=0, rtol=0)
@@ -195,7 +199,10 @@ def test_gpu_graph_replay_equals_eager(dtype):
             k.copy_(k0)
             v.copy_(v0)
         want = eager.forward(batch, None, FEATURE_IDS)  # unpadded eager step (other GEMM shapes: rounding)
-        outputs_close(got, want, atol=tol)
+        if dtype == torch.float32:
+            outputs_close(got, want, atol=1e-4)
+        else:
+            assert rel_err(got.logits, want.logits) < 2e-2 and rel_err(got.features, want.features) < 2e-2
     assert graphed.num_graph_steps == len(rounds)
     assert len({k.num_tokens for k in graphed.graphs}) >= 5
 
@@ -215,5 +222,4 @@ def test_gpu_fused_bf16_matches_reference_path():
         with torch.no_grad():
             a = model(sim_a.batch(steps), sim_a.kv, FEATURE_IDS)
             b = ref(sim_b.batch(steps), sim_b.kv, FEATURE_IDS)
-        rel = ((a.logits.float() - b.logits.float()).norm() / b.logits.float().norm()).item()
-        assert rel < 2e-2, rel
+        assert rel_err(a.logits, b.logits) < 2e-2 and rel_err(a.features, b.features) < 2e-2

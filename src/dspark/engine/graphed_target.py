@@ -203,6 +203,7 @@ class GraphedDenseTarget:
         n, m = batch.num_tokens, int(batch.logits_indices.shape[0])
         return TargetOutput(out.logits[:m], None if out.features is None else out.features[:n], out.last_hidden[:n])
 
+    @torch.no_grad()
     def capture(self, key: GraphKey) -> _Captured:
         """Capture (or, in `replay_eagerly` mode, only prepare) the graph of `key`."""
         if self._static is None:
