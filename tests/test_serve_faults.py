@@ -39,11 +39,13 @@ BAD_CHAT = [
     chat_body(stop=[""]), chat_body(stop=123), chat_body(stop=["a"] * 50), chat_body(stream="yes"),
     chat_body(logprobs=True), chat_body(frequency_penalty=0.5), chat_body(stop_token_ids=[-1]),
     chat_body(stream_options={"include_usage": "yes"}), chat_body(max_completion_tokens=0),
+    chat_body(chat_template_kwargs={"chat_template": "{{ 'pwned' }}"}), chat_body(chat_template_kwargs=[1]),
 ]
 BAD_COMPLETIONS = [
     b'{"prompt": []}', b'{"prompt": [-1]}', b'{"prompt": [[]]}', b'{"prompt": [99999]}', b'{"prompt": {"a": 1}}',
     b'{"prompt": "x", "max_tokens": 0}', b'{"prompt": "x", "echo": true}', b'{"prompt": "x", "logprobs": 2}',
     b'{"prompt": "x", "suffix": "y"}', b'{"prompt": [1.5]}', b'{"prompt": "x", "model": 5}',
+    json.dumps({"prompt": ["x"] * 40, "n": 16}).encode(),  # more choices than the server ever holds
 ]
 
 

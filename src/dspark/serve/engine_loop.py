@@ -148,6 +148,9 @@ class EngineLoop:
         if not self.accepting or not self.alive:
             raise APIError(503, "the server is shutting down" if not self.accepting else f"engine stopped: {self.error}",
                            code="service_unavailable", headers={"Retry-After": "5"})
+        if len(jobs) > self.max_in_flight:
+            raise APIError(400, f"{len(jobs)} choices x prompts in one request; this server holds at most "
+                                f"{self.max_in_flight} requests in flight", "n")
         if len(self._live) + len(jobs) > self.max_in_flight:
             raise APIError(429, f"too many requests in flight ({len(self._live)} running or queued, limit "
                                 f"{self.max_in_flight}); retry later", code="queue_full", headers={"Retry-After": "1"})

@@ -9,6 +9,7 @@ covers more than `max_token_bytes` bytes), so a huge body cannot stall the token
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,9 +64,14 @@ def chat_prompt_ids(info: ModelInfo, req: ChatCompletionRequest) -> list[int]:
         raise bad_request("this model has no chat template; use /v1/completions", "messages", "no_chat_template")
     info.check_text_length(sum(len(m.text().encode()) for m in req.messages), "messages")
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in req.messages]
+    extra = dict(req.chat_template_kwargs or {})
+    # only variables for the template: no replacing the template itself, tokenizing, tools, ...
+    params = inspect.signature(tok.apply_chat_template).parameters.values()
+    reserved = sorted(set(extra) & {p.name for p in params if p.kind is not p.VAR_KEYWORD})
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set {reserved}", "chat_template_kwargs")
     try:
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=req.add_generation_prompt,
-                                       **(req.chat_template_kwargs or {}))
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=req.add_generation_prompt, **extra)
     except Exception as exc:  # noqa: BLE001 - jinja errors, template-raised exceptions
         raise bad_request(f"the chat template could not render these messages: {exc}", "messages") from exc
     return list(tok(text, add_special_tokens=False)["input_ids"])
