@@ -28,9 +28,25 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not valid JSON: {exc}") from exc
 
 
-def save_weights(directory: Path, state: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
+INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # above this a checkpoint is sharded (what HF, vLLM and SGLang read)
+
+
+def save_weights(directory: Path, state: dict[str, torch.Tensor], max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+                 ) -> list[str]:
+    """`model.safetensors`, or `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json` when the
+    tensors exceed `max_shard_bytes` (HF's layout, split by `huggingface_hub`). Returns the file names."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_bytes)
+    for filename, names in split.filename_to_tensors.items():
+        save_file({k: tensors[k] for k in names}, str(directory / filename), metadata={"format": "pt"})
+    if not split.is_sharded:
+        return list(split.filename_to_tensors)
+    write_json(directory / INDEX_NAME, {"metadata": {**split.metadata, "format": "pt"},
+                                        "weight_map": dict(sorted(split.tensor_to_filename.items()))})
+    return [*split.filename_to_tensors, INDEX_NAME]
 
 
 def check_safetensors(path: Path) -> None:
@@ -55,7 +71,7 @@ def check_safetensors(path: Path) -> None:
 def weight_files(directory: Path) -> list[Path]:
     """model.safetensors, or the shards listed in model.safetensors.index.json ([] when neither exists)."""
     single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
+    index = directory / INDEX_NAME
     if single.is_file():
         return [single]
     if index.is_file():
@@ -89,3 +105,37 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # safetensors raises its own error type on corrupt files
         raise CheckpointError(f"corrupt weights in {str(directory)!r}: {exc}") from exc
     raise CheckpointError(f"no model.safetensors (or index) in {str(directory)!r}")
+
+
+def _embedding_rows(directory: Path) -> int | None:
+    """Rows of the stored input embedding (from the safetensors headers only), or None."""
+    from safetensors import safe_open
+
+    for path in weight_files(directory):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                if key.endswith("embed_tokens.weight"):
+                    return int(handle.get_slice(key).get_shape()[0])
+    return None
+
+
+def load_target_checked(path: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Any:
+    """`load_target`, after checking the weight files are whole, with weights that do not fit the config
+    (another model's config.json, a vocabulary resized on one side only) named in one line."""
+    from dspark.targets import load_target
+
+    local = Path(path).expanduser()
+    if local.is_dir():
+        check_weight_files(local)
+    try:
+        return load_target(path, dtype=dtype, device=device)
+    except RuntimeError as exc:
+        if not local.is_dir() or "mismatch" not in str(exc).lower():
+            raise
+        vocab = read_json(local / "config.json").get("vocab_size")
+        rows = _embedding_rows(local)
+        detail = (f"its weights hold a {rows}-token embedding but config.json says vocab_size {vocab}"
+                  if rows is not None and vocab is not None and rows != vocab else
+                  "its weights have other shapes than its config.json describes")
+        raise CheckpointError(f"target {str(path)!r} is inconsistent: {detail}; the weights and the config come "
+                              "from different models (use the config.json saved with these weights)") from None

@@ -33,11 +33,14 @@ log = logging.getLogger(__name__)
 
 TRAIN_RUN = OutputKind("training run", frozenset({"train_config.json", "metrics.jsonl", "tb", "checkpoints", "final"}))
 
+FROZEN = frozenset({"embed_tokens.weight", "lm_head.weight"})  # the target's, absent from lean checkpoints
+
 # May differ between a checkpoint and the run resuming it. `target`, `data` and `cache` are paths: what
 # they hold is compared by fingerprint instead, so moved files still resume. Everything else must match.
 MAY_CHANGE = frozenset({
     "output_dir", "target", "data", "cache", "epochs", "max_steps", "micro_batch", "device", "bf16", "target_dtype",
     "log_every", "eval_every", "save_every", "keep_checkpoints", "max_eval_samples", "tensorboard",
+    "num_workers", "torch_compile", "save_dtype",
 })
 
 
@@ -84,7 +87,7 @@ def data_fingerprint(cfg: TrainConfig, dataset: Any) -> str:
 def _shape_differences(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> list[str]:
     diffs = [f"{k}: {tuple(saved[k].shape)} in the checkpoint, {tuple(v.shape)} now"
              for k, v in model.items() if k in saved and saved[k].shape != v.shape]
-    missing, extra = sorted(set(model) - set(saved)), sorted(set(saved) - set(model))
+    missing, extra = sorted(set(model) - set(saved) - FROZEN), sorted(set(saved) - set(model))
     if missing:
         diffs.append(f"{len(missing)} tensor(s) the checkpoint lacks (e.g. {missing[0]})")
     if extra:

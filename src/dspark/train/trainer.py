@@ -6,11 +6,13 @@ not depend on world size or micro-batching); features come from a target cache o
 by the frozen target; the objective of the method gives weighted loss sums; each micro-batch's loss is
 divided by the GLOBAL weight of supervised slots (summed over accumulation and ranks before any
 forward), so the gradient equals that of one big batch. AdamW, linear warm-up then cosine to 0,
-gradient clipping, bf16 autocast on CUDA with fp32 master weights. Checkpoints (DeepSpec format +
-trainer state) are atomic and hold full weights and optimizer state also under FSDP (gathered to rank
-0); a run started with `resume=True` continues the newest one exactly (bit-identical on CPU), after
-`train.resume` has checked that target, data and settings match it. Each step's metrics line is
-made durable before that step's checkpoint, so a resumed run never lacks one.
+gradient clipping, bf16 autocast on CUDA with fp32 master weights. Parallelism is DDP or FSDP2
+(`train.distributed`). Checkpoints (DeepSpec format + trainer state) are atomic and hold full fp32
+weights (lean: the frozen embedding / LM head stay the target's) and optimizer state also under FSDP
+(gathered to rank 0); a run started with `resume=True` continues the newest one exactly (bit-identical
+on CPU), after `train.resume` has checked that target, data and settings match it. Each step's metrics
+line is made durable before that step's checkpoint, so a resumed run never lacks one. `final/` is the
+drafter in the training dtype (`save_dtype`) with the embedding / LM head, ready for a serving engine.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from torch import nn
 from dspark.drafters import build_drafter, config_from_target
 from dspark.errors import ConfigError
 from dspark.formats import save_drafter
-from dspark.formats.io import check_weight_files, load_weights
-from dspark.targets import load_target
+from dspark.formats.io import load_target_checked, load_weights
+from dspark.train import distributed as par
 from dspark.train.checkpoints import save_checkpoint
 from dspark.train.config import TrainConfig
 from dspark.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
 from dspark.train.losses import LossWeights
 from dspark.train.objectives import OBJECTIVES
-from dspark.train.resume import check_resume, data_fingerprint, open_run_dir, prepare_run_dir, restore_metrics
-from dspark.train.stream import micro_seed, step_indices
+from dspark.train.resume import (
+    FROZEN, check_resume, data_fingerprint, open_run_dir, prepare_run_dir, restore_metrics,
+)
+from dspark.train.stream import StepBatches, unbatched
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ def drafter_overrides(cfg: TrainConfig) -> dict[str, Any]:
         out["num_hidden_layers"] = cfg.num_draft_layers
     if cfg.target_layer_ids is not None:
         out["target_layer_ids"] = cfg.target_layer_ids
+    if cfg.mask_token_id is not None:
+        out["mask_token_id"] = cfg.mask_token_id
     if cfg.method in ("dspark", "dflash", "mtp"):
         out["block_size"] = cfg.block_size
     if cfg.method == "dspark":
@@ -79,8 +85,15 @@ def drafter_overrides(cfg: TrainConfig) -> dict[str, Any]:
                    enable_confidence_head=cfg.enable_confidence_head,
                    confidence_head_with_markov=cfg.confidence_head_with_markov and cfg.markov_rank > 0)
     if cfg.method == "eagle3":
-        out["ttt_length"] = cfg.block_size
+        out.update(ttt_length=cfg.block_size, step_loss_decay=cfg.step_loss_decay)
     return out
+
+
+def save_dtype(cfg: TrainConfig, device: torch.device) -> str:
+    """The dtype `final/` is written in: `save_dtype`, or the training dtype for `auto`."""
+    if cfg.save_dtype != "auto":
+        return cfg.save_dtype
+    return "bfloat16" if cfg.bf16 and device.type == "cuda" else "float32"
 
 
 class Trainer:
@@ -96,10 +109,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         online = not cfg.cache
         cuda = self.device.type == "cuda"
-        if Path(cfg.target).is_dir():
-            check_weight_files(Path(cfg.target))
-        self.target = load_target(cfg.target, dtype=cfg.target_dtype if cuda else "float32",
-                                  device=self.device if online else "cpu")
+        self.target = load_target_checked(cfg.target, dtype=cfg.target_dtype if cuda else "float32",
+                                          device=self.device if online else "cpu")
         self.drafter = build_drafter(config_from_target(self.target, cfg.method, **drafter_overrides(cfg)))
         self.drafter.init_from_target(self.target)
         self.drafter.to(self.device)
@@ -115,15 +126,21 @@ class Trainer:
             state = torch.load(self.resume_from / "trainer_state.pt", map_location="cpu", weights_only=False)
             weights = load_weights(self.resume_from)
             check_resume(self.resume_from, state, cfg, self.identity, weights, self.drafter.state_dict())
-            self.drafter.load_state_dict(weights, strict=True)
+            self.drafter.load_state_dict(weights, strict=not FROZEN.isdisjoint(weights))  # lean: frozen from the target
         if self.dist.is_main:
             prepare_run_dir(self.out, fresh=state is None)
         self.module: nn.Module = ObjectiveModule(self.drafter, cfg.method, self.weights)
         self.fsdp = cfg.fsdp and self.dist.world > 1
-        if self.dist.world > 1:
-            self.module = self._wrap_parallel(self.module)
-        params = [p for p in self.drafter.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        if self.fsdp:
+            self.module = par.shard_fsdp(self.module, self.drafter, self.device, self.dist.world)
+        elif self.dist.world > 1:
+            self.module = par.wrap_ddp(self.module, self.device)
+        if cfg.torch_compile:
+            self.module.compile(dynamic=True)  # in place: parameter names (checkpoints) stay the same
+        self.params = [p for p in self.drafter.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+        self.batches = StepBatches(self.train_set, cfg.seed, cfg.global_batch, cfg.micro_batch, self.dist.rank,
+                                   self.dist.world)
         steps_per_epoch = max(1, len(self.train_set) // cfg.global_batch)
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.total_steps, cfg.warmup_ratio))
@@ -141,45 +158,21 @@ class Trainer:
             data = open_cache(cfg.cache, self.target, self.layer_ids)
             ids = list(data.sample_ids)
         else:
-            samples, _ = load_samples(cfg.data, self.target.tokenizer, DataConfig(max_length=cfg.max_length))
+            data_config = DataConfig(max_length=cfg.max_length, min_loss_tokens=cfg.min_loss_tokens,
+                                     chat_template_kwargs=cfg.chat_template_kwargs)
+            samples, _ = load_samples(cfg.data, self.target.tokenizer, data_config)
             data = TokenDataset(samples)
             ids = [s.sample_id for s in samples]
         train_idx, eval_idx = split_by_id(ids, cfg.eval_fraction, cfg.seed)
         sub = torch.utils.data.Subset
         return sub(data, train_idx), sub(data, eval_idx[: cfg.max_eval_samples])
 
-    def _wrap_parallel(self, module: nn.Module) -> nn.Module:
-        if self.cfg.fsdp:
-            from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            # device_id also on CPU: FSDP then runs on Gloo instead of refusing a machine with no accelerator
-            wrapped = FSDP(module, use_orig_params=True, device_id=self.device)
-            # Full optimizer state for checkpoints. On CPU, "offload" would be a no-op `.cpu()` that leaves every
-            # state (exp_avg, exp_avg_sq) a view of one reused gather buffer, so all would hold the last one.
-            FSDP.set_state_dict_type(wrapped, StateDictType.FULL_STATE_DICT, FullStateDictConfig(),
-                                     FullOptimStateDictConfig(offload_to_cpu=self.device.type != "cpu"))
-            return wrapped
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                   find_unused_parameters=False)
-
-    def _full_params(self) -> Any:
-        """Context in which `self.drafter` holds its full parameters on every rank (collective under FSDP)."""
+    def _drafter_state(self) -> dict[str, torch.Tensor]:
+        """The drafter's full state dict (FSDP: gathered, on rank 0 only; collective)."""
         if not self.fsdp:
-            return _null()
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP.summon_full_params(self.module, writeback=False)
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's full state (FSDP: gathered from the shards, keyed by parameter name; collective)."""
-        if not self.fsdp:
-            return self.optimizer.state_dict()
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP.optim_state_dict(self.module, self.optimizer)
+            return self.drafter.state_dict()
+        full = par.full_model_state(self.module, True)
+        return {k.removeprefix("drafter."): v for k, v in full.items() if k.startswith("drafter.")}
 
     def _resume(self, state: dict[str, Any] | None) -> None:
         ckpt = self.resume_from
@@ -191,12 +184,7 @@ class Trainer:
         if bool(state.get("fsdp", False)) != self.fsdp:
             raise ConfigError(f"{ckpt} holds {'FSDP' if state.get('fsdp') else 'plain'} optimizer state; resume it "
                               f"with fsdp={str(bool(state.get('fsdp'))).lower()} under the same launcher")
-        optim = state["optimizer"]
-        if self.fsdp:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            optim = FSDP.optim_state_dict_to_load(self.module, self.optimizer, optim)
-        self.optimizer.load_state_dict(optim)
+        par.load_optimizer_state(self.module, self.optimizer, state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(state["scheduler"])
         for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * fn(self.scheduler.last_epoch)  # this run's schedule (max_steps may have changed)
@@ -206,14 +194,6 @@ class Trainer:
         log.info("resumed from %s at step %d", ckpt, self.step)
 
     # -- data -------------------------------------------------------------------------------------
-    def _batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """(dataset index, anchor seed) pairs -> a device batch with `anchor_seeds [B]` and features."""
-        from dspark.train.data import collate_padded
-
-        batch = collate_padded([self.train_set.dataset[i] for i, _ in items])
-        batch["anchor_seeds"] = torch.tensor([seed for _, seed in items], dtype=torch.long)
-        return self._with_features(batch)
-
     def _with_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Move to the device; online mode: the frozen target computes the features now, rounded like the cache."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -226,20 +206,19 @@ class Trainer:
             batch["last_hidden"] = feats.last_hidden.to(dtype).float()
         return batch
 
-    def _micro_batches(self, step: int) -> list[list[tuple[int, int]]]:
-        """This rank's micro-batches of (dataset index, anchor seed). The seed follows the sample's slot in
-        the global batch, not the rank or micro-batch, so any world size / micro_batch draws the same anchors."""
-        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
-        local = step_indices(len(self.train_set), cfg.seed, step, cfg.global_batch, rank, world)
-        slots = range(rank, cfg.global_batch, world)  # the positions step_indices walked, within this step
-        items = [(self.train_set.indices[i], micro_seed(cfg.seed, step, 0, slot)) for i, slot in zip(local, slots)]
-        mb = cfg.micro_batch
-        return [items[i: i + mb] for i in range(0, len(items), mb)]
+    def _step_batches(self, end: int) -> Any:
+        """The CPU micro-batches of steps self.step .. end-1, prepared by `num_workers` processes when set."""
+        steps = range(self.step, end)
+        if self.cfg.num_workers == 0:
+            return (self.batches[s] for s in steps)
+        return torch.utils.data.DataLoader(self.batches, batch_size=None, sampler=steps, collate_fn=unbatched,
+                                           num_workers=self.cfg.num_workers, prefetch_factor=2)
 
     # -- loop -------------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
-        cfg, step = self.cfg, self.step
-        micro = [(self._batch(idx), micro_seed(cfg.seed, step, self.dist.rank, m)) for m, idx in enumerate(self._micro_batches(step))]
+    def train_step(self, step_batches: list[tuple[dict[str, torch.Tensor], int]] | None = None) -> dict[str, float]:
+        """One optimizer step on `step_batches` (default: this step's, `StepBatches[self.step]`)."""
+        cfg = self.cfg
+        micro = [(self._with_features(b), seed) for b, seed in (step_batches or self.batches[self.step])]
         weight_fn = OBJECTIVES[cfg.method][1]
         total = sum(weight_fn(self.drafter, b, torch.Generator().manual_seed(s), self.weights) for b, s in micro)
         total = all_reduce_sum(torch.as_tensor(total, dtype=torch.float32, device=self.device).clone(), self.dist)
@@ -249,16 +228,12 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and self.device.type == "cuda")
         for i, (batch, seed) in enumerate(micro):
             sync = i == len(micro) - 1 or self.dist.world == 1
-            ctx = self.module.no_sync() if (not sync and hasattr(self.module, "no_sync")) else _null()
-            with ctx, autocast:
+            with par.gradient_sync(self.module, sync), autocast:
                 out = self.module(batch, torch.Generator().manual_seed(seed))
                 (out["loss"] * scale).backward()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        if self.fsdp:  # each rank holds a shard of the gradients: FSDP's clip reduces the norm across ranks
-            grad_norm = self.module.clip_grad_norm_(cfg.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.drafter.parameters() if p.requires_grad], cfg.grad_clip)
+        grad_norm = par.clip_grad_norm(self.params, cfg.grad_clip)  # FSDP: the norm over every rank's shards
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -276,13 +251,18 @@ class Trainer:
         objective = OBJECTIVES[self.cfg.method][0]
         data = self.eval_set if len(self.eval_set) else self.train_set
         n = min(len(data), self.cfg.max_eval_samples)
-        mine = list(range(self.dist.rank, n, self.dist.world))
-        with self._full_params():
-            for i in mine or [0]:  # a rank with no sample of its own adds zeros, so all ranks reduce the same keys
-                batch = self._with_features(collate_padded([data[i]]))
-                out = objective(self.drafter, batch, torch.Generator().manual_seed(i), self.weights)
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float() * (1.0 if mine else 0.0)
+        rounds = max(1, math.ceil(n / self.dist.world))  # the same number of forwards on every rank (FSDP gathers)
+        for r in range(rounds):
+            i = r * self.dist.world + self.dist.rank
+            mine = i < n  # a rank past the end runs sample 0 and adds zeros, so all ranks reduce the same keys
+            batch = self._with_features(collate_padded([data[i if mine else 0]]))
+            gen = torch.Generator().manual_seed(i if mine else 0)
+            # FSDP: through the wrapper, which gathers the shards; else the plain drafter (no DDP buffer syncs)
+            out = self.module(batch, gen) if self.fsdp else objective(self.drafter, batch, gen, self.weights)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() * (1.0 if mine else 0.0)
+        if self.fsdp:  # the root keeps its gathered weights after a forward; without a backward, free them here
+            self.module.reshard()
         for k in sorted(sums):
             sums[k] = all_reduce_sum(torch.as_tensor(sums[k], device=self.device).clone(), self.dist)
         cond = (sums["accept"] / sums["count"].clamp_min(1)).tolist()
@@ -295,13 +275,13 @@ class Trainer:
 
         `metrics` is the step's logged metrics line, kept in the checkpoint so a resume can restore it."""
         barrier(self.dist)
-        optim = self._optimizer_state()
+        optim = par.full_optimizer_state(self.module, self.optimizer, self.fsdp)
+        weights = self._drafter_state()
         path = None
-        with self._full_params():
-            if self.dist.is_main:
-                state = {"step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                         "config": self.cfg.to_dict(), "fsdp": self.fsdp, "metrics": metrics, **self.identity}
-                path = save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints)
+        if self.dist.is_main:
+            state = {"step": self.step, "optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                     "config": self.cfg.to_dict(), "fsdp": self.fsdp, "metrics": metrics, **self.identity}
+            path = save_checkpoint(self.out, self.step, self.drafter, state, self.cfg.keep_checkpoints, weights)
         barrier(self.dist)
         return path
 
@@ -318,8 +298,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.dist.is_main, desc=f"train {cfg.method}")
         last: dict[str, Any] = {}
         end = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        while self.step < end:
-            stats = self.train_step()
+        for step_batches in self._step_batches(end):
+            stats = self.train_step(step_batches)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}")
             record: dict[str, Any] = {"step": self.step, **stats}
@@ -333,9 +313,10 @@ class Trainer:
             last = record
         bar.close()
         if self.step == self.total_steps:
-            with self._full_params():
-                if self.dist.is_main:
-                    save_drafter(self.drafter, self.out / "final", overwrite=True)
+            weights = self._drafter_state()
+            if self.dist.is_main:
+                save_drafter(self.drafter, self.out / "final", overwrite=True, state=weights,
+                             dtype=save_dtype(self.cfg, self.device), flag="output_dir")
         if self.dist.is_main:
             metrics_file.close()
             if writer is not None:
@@ -353,14 +334,6 @@ def _log(record: dict[str, Any], metrics_file: Any, writer: Any) -> None:
         for k, v in record.items():
             if isinstance(v, float):
                 writer.add_scalar(k, v, record["step"])
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None
 
 
 def _tensorboard(path: Path):
