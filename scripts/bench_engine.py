@@ -128,7 +128,62 @@ def fill_random(cache: PagedKVCache) -> None:
             t.normal_()
 
 
-def bench_target(name: str, args, bandwidth: float, flops_rate: float, gen: torch.Generator) -> tuple[list, DenseLM]:
+def graph_ms(fn, reps: int, warmup: int) -> float:
+    """Capture `fn` in a CUDA graph (after a warm-up call on a side stream) and time its replays."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return events_median(graph.replay, reps, warmup)
+
+
+def gemm_only_ms(model: DenseLM, n: int, reps: int, warmup: int) -> float:
+    """The step's GEMMs alone (every layer's 4 projections + the LM head over n rows) in one graph."""
+    cfg = model.config
+    xs = {k: torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+          for k in {cfg.hidden_size, cfg.q_size, cfg.intermediate_size}}
+
+    def run():
+        for layer in model.layers:
+            for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
+                lin(xs[lin.in_features])
+        model.lm_head(xs[cfg.hidden_size])
+
+    return graph_ms(run, reps, warmup)
+
+
+def diagnostics(model: DenseLM, target: GraphedDenseTarget, layer_ids: list[int], ctx: int, args, bandwidth: float,
+                gen: torch.Generator) -> list[dict]:
+    """Where the step time goes (GEMMs alone vs the rest) and the same steps with cuBLASLt preferred."""
+    out = []
+    weight_ms = matmul_params(model.config) * 2 / bandwidth * 1e3
+    for label, b, q in (("decode", 1, 1), ("verify8", 32, 8)):
+        batch = case_batch(b, q, ctx, target.kv.num_pages, model.config.vocab_size, gen)
+        row = dict(case=label, batch=b, context=ctx, weights_floor_ms=weight_ms)
+        for lib in ("cublas", "cublaslt"):
+            try:
+                torch.backends.cuda.preferred_blas_library(lib)
+                target.clear_graphs()
+                with torch.no_grad():
+                    row[f"step_ms_{lib}"] = events_median(lambda: target.forward(batch, None, layer_ids), args.reps,
+                                                          args.warmup)
+                    row[f"gemm_only_ms_{lib}"] = gemm_only_ms(model, b * q, args.reps, args.warmup)
+            except Exception as exc:
+                row[f"error_{lib}"] = f"{type(exc).__name__}: {exc}"
+                log(traceback.format_exc())
+        torch.backends.cuda.preferred_blas_library("cublas")
+        target.clear_graphs()
+        log(json.dumps(row))
+        out.append(row)
+    return out
+
+
+def bench_target(name: str, args, bandwidth: float, flops_rate: float, gen: torch.Generator
+                 ) -> tuple[list, DenseLM, list]:
     model = build_model(name)
     cfg = model.config
     layer_ids = default_layer_ids(cfg.num_layers, 5)
@@ -186,9 +241,10 @@ def bench_target(name: str, args, bandwidth: float, flops_rate: float, gen: torc
             log(json.dumps(row))
             rows.append(row)
         target.clear_graphs()
+    diag = diagnostics(model, target, layer_ids, min(args.contexts), args, bandwidth, gen) if args.diagnostics else []
     del target
     torch.cuda.empty_cache()
-    return rows, model
+    return rows, model, diag
 
 
 def drafter_config() -> DrafterConfig:
@@ -200,6 +256,17 @@ def drafter_config() -> DrafterConfig:
                          target_layer_ids=default_layer_ids(s["num_hidden_layers"], 5), mask_token_id=151669,
                          block_size=GAMMA, rope_theta=s["rope_theta"], markov_rank=256, markov_head_type="vanilla",
                          enable_confidence_head=True, confidence_head_with_markov=True)
+
+
+class SoftmaxArgmaxSampler:
+    """Diagnostic stand-in for `RowSampler`: softmax probs, argmax draws (the drafter network without the
+    engine's sort-based top-k/top-p processing and float64 inverse-CDF draws)."""
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=-1)
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        return probs.argmax(-1)
 
 
 def bench_drafter(args, gen: torch.Generator) -> list[dict]:
@@ -253,6 +320,12 @@ def bench_drafter(args, gen: torch.Generator) -> list[dict]:
                     row["err_probs_graph_vs_eager"] = rel_err(static.draft_probs, eager.draft_probs)
                     row["graph_ms"] = events_median(graph.replay, args.reps, args.warmup)
                     del graph, static
+
+                    def network_only():
+                        state = drafter.state_for(PagedContextKV(cache, tables, lengths, ctx))
+                        return drafter.draft(state, None, anchors, SoftmaxArgmaxSampler())
+
+                    row["graph_ms_softmax_argmax"] = graph_ms(network_only, args.reps, args.warmup)
                 except Exception as exc:
                     row["graph_error"] = f"{type(exc).__name__}: {exc}"
                     log(traceback.format_exc())
@@ -284,14 +357,17 @@ def print_table(rows: list[dict], drafts: list[dict], bandwidth: float, flops_ra
     decode = {(r["batch"], r["context"]): r["step_ms"] for r in rows
               if r.get("model") == "qwen3-4b" and r["case"] == "decode" and "step_ms" in r}
     print("\nDSpark drafter.draft, qwen3-4b shape (5 layers, rank 256, γ=7, V=151936), T=1; share of the 4B decode step")
-    print(f"{'B':>4}{'ctx':>6}{'eager ms':>10}{'graph ms':>10}{'4B step':>9}{'share(graph)':>14}{'share(eager)':>14}")
+    print(f"{'B':>4}{'ctx':>6}{'eager ms':>10}{'graph ms':>10}{'4B step':>9}{'share(graph)':>14}{'share(eager)':>14}"
+          f"{'graph, softmax+argmax sampler':>31}")
     for r in drafts:
         step = decode.get((r["batch"], r["context"]))
         g, e = r.get("graph_ms"), r.get("eager_ms")
         share = lambda x: f"{x / step:.0%}" if (x is not None and step) else "-"  # noqa: E731
         print(f"{r['batch']:>4}{r['context']:>6}{e if e is not None else float('nan'):>10.3f}"
               f"{g if g is not None else float('nan'):>10.3f}{step if step else float('nan'):>9.3f}"
-              f"{share(g):>14}{share(e):>14}  {r.get('error', r.get('graph_error', ''))[:60]}")
+              f"{share(g):>14}{share(e):>14}"
+              f"{r.get('graph_ms_softmax_argmax', float('nan')):>23.3f} ms {share(r.get('graph_ms_softmax_argmax')):>5}"
+              f"  {r.get('error', r.get('graph_error', ''))[:60]}")
 
 
 def main() -> None:
@@ -305,6 +381,7 @@ def main() -> None:
     ap.add_argument("--drafter-batches", type=ints, default=[1, 8, 32])
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import triton
@@ -316,19 +393,30 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
     drafts: list[dict] = []
+    diag: list[dict] = []
     for name in args.models.split(","):
-        model_rows, model = bench_target(name, args, bandwidth, flops_rate, gen)
+        model_rows, model, model_diag = bench_target(name, args, bandwidth, flops_rate, gen)
         rows += model_rows
+        diag += [dict(model=name, **r) for r in model_diag]
         del model
         torch.cuda.empty_cache()
         if name == "qwen3-4b" and args.drafter_batches:
             drafts = bench_drafter(args, gen)
     print_table(rows, drafts, bandwidth, flops_rate)
+    if diag:
+        print("\ndiagnostics (graphs): the step's GEMMs alone vs the whole step, cuBLAS and cuBLASLt preferred")
+        print(f"{'model':<10}{'case':<9}{'B':>4}{'ctx':>6}{'weights floor':>14}{'gemm cublas':>12}{'step cublas':>12}"
+              f"{'gemm lt':>9}{'step lt':>9}")
+        nan = float("nan")
+        for r in diag:
+            print(f"{r['model']:<10}{r['case']:<9}{r['batch']:>4}{r['context']:>6}{r['weights_floor_ms']:>14.3f}"
+                  f"{r.get('gemm_only_ms_cublas', nan):>12.3f}{r.get('step_ms_cublas', nan):>12.3f}"
+                  f"{r.get('gemm_only_ms_cublaslt', nan):>9.3f}{r.get('step_ms_cublaslt', nan):>9.3f}")
     result = {"bench": "engine_target_step", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(), "copy_bandwidth_Bps": bandwidth,
               "bf16_matmul_flops": flops_rate, "page_size": PAGE, "gamma": GAMMA, "seconds": time.time() - t0,
               "graphed": "target: whole forward incl. LM head, features; drafter: drafter.draft (absorb not timed)",
-              "config": vars(args), "target": rows, "drafter": drafts}
+              "config": vars(args), "target": rows, "drafter": drafts, "diagnostics": diag}
     line = json.dumps(result)
     if args.out:
         from pathlib import Path

@@ -174,6 +174,7 @@ def test_gpu_graph_replay_equals_eager(dtype):
         steps = [(s, tokens(q, 100 + 31 * r + s)) for s, q in enumerate(q_lens)]
         batch = sim.batch(steps)
         contexts = batch.context_lens.tolist()
+        batch.max_query_len, batch.max_context_len = max(q_lens), max(contexts)  # host bounds, as the engine knows
         key = graphed.graph_key(batch.num_tokens, batch.num_seqs, max(q_lens), max(contexts),
                                 batch.block_tables.shape[1], FEATURE_IDS)
         assert key is not None
