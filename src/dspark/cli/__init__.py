@@ -4,7 +4,9 @@ Each command lives in its own module under `dspark.cli` and exposes `add_argumen
 `run(args) -> int`. This file only wires them together; a module that is missing (an optional part
 not installed) is skipped. Library errors (`DSparkError` and friends) become one clear line on
 stderr and a non-zero exit code instead of a traceback. Every flag is checked against its declared
-range (`dspark.cli.validation`) before the command runs.
+range (`dspark.cli.validation`) before the command runs. Every parser shows its defaults in --help
+(`common.HelpFormatter`); `-v/--verbose` is accepted anywhere on the command line; `--version` prints
+the versions of dspark, torch and transformers.
 """
 
 from __future__ import annotations
@@ -35,9 +37,33 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from dspark import __version__
+
+    parts = [f"dspark {__version__}"]
+    for dist in ("torch", "transformers"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return ", ".join(parts)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    # Below the top level the default is SUPPRESS, so a subcommand without -v keeps the top level's value.
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="log at INFO level (anywhere on the command line)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dspark", description="DSpark speculative decoding toolkit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    from dspark.cli.common import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="dspark", description="DSpark speculative decoding toolkit",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
+    _add_verbose(parser, top=True)
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(dest="command")}
     for path, module_name, help_text in COMMANDS:
         try:
@@ -49,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         for depth in range(1, len(path)):
             prefix = path[:depth]
             if prefix not in groups:
-                group_parser = groups[path[: depth - 1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands")
+                group_parser = groups[path[: depth - 1]].add_parser(prefix[-1], help=f"{prefix[-1]} commands",
+                                                                    formatter_class=HelpFormatter)
+                _add_verbose(group_parser)
                 groups[prefix] = group_parser.add_subparsers(dest=f"command_{depth}")
-        sub = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
+        sub = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text,
+                                           formatter_class=HelpFormatter)
+        _add_verbose(sub)
         adder = getattr(module, f"add_arguments_{path[-1]}", None) or module.add_arguments
         adder(sub)
         runner = getattr(module, f"run_{path[-1]}", None) or module.run

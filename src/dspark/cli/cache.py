@@ -1,12 +1,12 @@
 """`dspark cache build | info | estimate`: target-feature caches (DeepSpec v2 layout or compact fp8).
 
-    dspark cache build --target DIR --data conv.jsonl --output CACHE [--target-layer-ids 1,9,17,25,33]
+    dspark cache build --target DIR --data conv.jsonl --output-dir CACHE [--target-layer-ids 1,9,17,25,33]
                        [--format standard|compact] [--max-length 4096] [--batch-size 8] [--max-shard-bytes 1G]
     dspark cache info CACHE [--verify]
     dspark cache estimate --target DIR|config.json [--target-layer-ids ...] (--data FILE | --num-tokens N)
 
 `build` resumes a killed run when given the same arguments, refuses (before loading the target) an
---output that holds a complete cache or anything else, and removes what it wrote when it fails on its
+--output-dir that holds a complete cache or anything else, and removes what it wrote when it fails on its
 input. Each command prints a table, then one JSON line.
 """
 
@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any
 
+from dspark.cli.common import CommaList, add_device_dtype_arguments, add_output_dir_argument
 from dspark.errors import ConfigError
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -30,12 +31,12 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
-def parse_layer_ids(values: list[str] | None) -> list[int] | None:
+def parse_layer_ids(values: list[str | int] | None) -> list[int] | None:
     """`["1,9", "17"]` -> `[1, 9, 17]`; None stays None (use the target's defaults)."""
     if not values:
         return None
     try:
-        return [int(v) for item in values for v in item.split(",") if v.strip()]
+        return [int(v) for item in values for v in str(item).split(",") if v.strip()]
     except ValueError as exc:
         raise ConfigError(f"--target-layer-ids must be integers, got {values}") from exc
 
@@ -51,8 +52,8 @@ def _json_kwargs(text: str) -> dict[str, Any]:
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target-layer-ids", nargs="+", metavar="ID",
-                        help="target layers to cache (comma or space separated; default: 5 spread over depth)")
+    parser.add_argument("--target-layer-ids", action=CommaList, metavar="ID",
+                        help="target layers to cache (comma-separated; default: 5 spread over depth)")
     parser.add_argument("--max-length", type=int, default=4096, help="truncate samples to this many tokens")
     parser.add_argument("--min-loss-tokens", type=int, default=2, help="drop samples with fewer loss tokens")
     parser.add_argument("--chat-template-kwargs", default='{"enable_thinking": false}',
@@ -74,30 +75,27 @@ def _print_table(rows: list[tuple[str, Any]]) -> None:
 
 # -- build --------------------------------------------------------------------------------------------
 def add_arguments_build(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", required=True, help="target model directory")
-    parser.add_argument("--data", required=True, action="append", help="JSONL data file (repeatable)")
-    parser.add_argument("--output", required=True, help="cache directory (new, or a killed build to resume)")
+    parser.add_argument("--target", required=True, help="target model directory or hub id")
+    parser.add_argument("--data", required=True, action=CommaList, metavar="FILE", help="JSONL data files (comma-separated)")
+    add_output_dir_argument(parser, dest="output", required=True, help="cache directory (new, or a killed build to resume)")
     parser.add_argument("--format", choices=["standard", "compact"], default="standard",
                         help="standard = DeepSpec bf16 layout; compact = fp8 + per-row scales, final hidden on loss rows")
     _add_data_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="samples per target forward")
     parser.add_argument("--max-shard-bytes", type=parse_size, default=1 << 30, help="shard size limit (e.g. 4G)")
     parser.add_argument("--limit", type=int, help="cache at most this many samples")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default=None, help="target dtype (default: bfloat16 on GPU, float32 on CPU)")
+    add_device_dtype_arguments(parser, "the target")
 
 
 def run_build(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dspark.cli.common import load_target_checked, resolve_device
+    from dspark.cli.common import load_target_checked
     from dspark.train.cache_build import build_cache
     from dspark.train.cache_writer import check_cache_dir
 
     check_cache_dir(args.output)  # before loading the target
-    device = resolve_device(args.device)
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    target = load_target_checked(args.target, dtype, device)
+    target = load_target_checked(args.target, args.dtype, args.device)
     with tqdm(desc="cache build", unit="sample") as bar:
         def progress(num_samples: int, consumed: int) -> None:
             bar.update(num_samples - bar.n)
@@ -139,7 +137,8 @@ def run_info(args: argparse.Namespace) -> int:
 def add_arguments_estimate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", required=True, help="target model directory or its config.json")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", action="append", help="JSONL data file to count (needs the target's tokenizer)")
+    source.add_argument("--data", action=CommaList, metavar="FILE",
+                        help="JSONL data files to count (comma-separated; needs the target's tokenizer)")
     source.add_argument("--num-tokens", type=int, help="number of tokens to estimate for")
     parser.add_argument("--num-samples", type=int, help="with --num-tokens: number of samples (index size)")
     parser.add_argument("--last-hidden-fraction", type=float, default=1.0,

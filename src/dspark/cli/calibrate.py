@@ -1,13 +1,13 @@
 """`dspark calibrate`: fit Sequential Temperature Scaling (SPEC §2.4) and store it in the checkpoint.
 
     dspark calibrate --target DIR --draft DIR --data heldout.jsonl                  # in place
-    dspark calibrate --target DIR --draft DIR --data heldout.jsonl --out DIR2       # new checkpoint
+    dspark calibrate --target DIR --draft DIR --data heldout.jsonl --output-dir DIR2  # new checkpoint
 
 Decodes held-out prompts with every slot verified (calibration off, so the recorded confidences are
 raw), fits one temperature per slot left to right, and stores them as `dspark_calibration_temperatures`
 in config.json. In place, only config.json is rewritten (atomically; weights and other files are
-untouched); with --out a full checkpoint is saved in the source's format, dtype and leanness (an
-existing --out is checked before any decoding, `dspark.output_dir`). Beside it: calibration.json
+untouched); with --output-dir a full checkpoint is saved in the source's format, dtype and leanness (an
+existing --output-dir is checked before any decoding, `dspark.output_dir`). Beside it: calibration.json
 (per-slot ECE / ROC-AUC before and after, on the fitting rounds) and calibration_reliability.png.
 A slot with too few survivals or failures (`--min-events`) keeps the temperature the checkpoint already
 had (T = 1 when it had none), and the output says which slots those are. Prints a table, then ONE JSON
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dspark.cli.common import DEFAULT_DRAFT, add_model_arguments, load_pair, print_json
+from dspark.cli.common import DEFAULT_DRAFT, CommaList, add_model_arguments, add_output_dir_argument, load_pair, print_json
 from dspark.cli.eval import add_decode_arguments, decode_settings, print_calibration
 from dspark.errors import ConfigError
 from dspark.output_dir import check_output_dir
@@ -35,9 +35,10 @@ PLOT_NAME = "calibration_reliability.png"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--data", nargs="+", required=True, metavar="FILE|NAME",
-                        help="held-out prompts (JSONL: turns, conversations, text or input_ids), or shared set names")
-    parser.add_argument("--out", default=None, help="write a calibrated copy here (default: update --draft in place)")
+    parser.add_argument("--data", action=CommaList, required=True, metavar="FILE|NAME",
+                        help="held-out prompts (JSONL: turns, conversations, text or input_ids), or shared set names "
+                             "(comma-separated)")
+    add_output_dir_argument(parser, default=None, help="write a calibrated copy here (default: update --draft in place)")
     parser.add_argument("--overwrite", action="store_true", help="replace a drafter checkpoint dspark wrote in --out")
     parser.add_argument("--no-plots", action="store_true", help="skip the reliability-diagram PNG")
     parser.add_argument("--min-events", type=int, default=10,
@@ -105,13 +106,13 @@ def run(args: argparse.Namespace) -> int:
     from dspark.eval.runner import combined_trace, resolve_prompt_sets, run_prompt_sets
 
     if args.out is None and args.draft is None:
-        raise ConfigError("calibrating in place needs an explicit --draft (or pass --out for a calibrated copy)")
+        raise ConfigError("calibrating in place needs an explicit --draft (or pass --output-dir for a calibrated copy)")
     draft_dir = Path(args.draft).expanduser() if args.draft else DEFAULT_DRAFT
     out_dir = Path(args.out).expanduser() if args.out else None
     if out_dir is not None:
         from dspark.formats import CHECKPOINT  # torch: not at import time (`dspark --help` stays fast)
 
-        check_output_dir(out_dir, CHECKPOINT, args.overwrite)  # before any decoding
+        check_output_dir(out_dir, CHECKPOINT, args.overwrite, flag="--output-dir")  # before any decoding
     settings = decode_settings(args, verify_len=None)
     prompt_sets = resolve_prompt_sets(args.data)
     target, drafter = load_pair(args)

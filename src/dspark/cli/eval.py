@@ -50,17 +50,19 @@ def decode_settings(args: argparse.Namespace, verify_len: int | None = None):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dspark.cli.common import CommaList, add_output_dir_argument
+
     add_model_arguments(parser)
-    parser.add_argument("--datasets", nargs="+", default=None, metavar="NAME|FILE",
+    parser.add_argument("--datasets", action=CommaList, default=None, metavar="NAME|FILE",
                         help="shared prompt-set names (gsm8k, humaneval, mt-bench, ...) or JSONL files (default: all shared sets)")
     parser.add_argument("--verify-len", type=int, default=None, help="drafts verified per round (default: all γ)")
     parser.add_argument("--policy", default=None, help="verification-length policy: none, fixed:K, mtp1, threshold:T, dspark, dspark-async; POLICY+gate skips drafting when it does not pay")
     parser.add_argument("--sps", default=None, help="SPS table JSON (for --policy dspark / dspark-async / POLICY+gate)")
-    parser.add_argument("--thresholds", nargs="+", type=float, default=None,
+    parser.add_argument("--thresholds", action=CommaList, item_type=float, default=None,
                         help="confidence thresholds of the sweep (default: 0 0.1 ... 0.9)")
     add_decode_arguments(parser, max_prompts=100)
-    parser.add_argument("--out", default=None, help="directory for results.json, traces.jsonl and PNG plots")
-    parser.add_argument("--overwrite", action="store_true", help="replace an evaluation report dspark wrote in --out")
+    add_output_dir_argument(parser, default=None, help="directory for results.json, traces.jsonl and PNG plots")
+    parser.add_argument("--overwrite", action="store_true", help="replace an evaluation report dspark wrote in --output-dir")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 

@@ -1,11 +1,11 @@
 """`dspark pretrain`: pretrain a reference target (Qwen3 architecture, HF format) on a corpus.
 
-    dspark pretrain --preset tiny --corpus runs/corpus --tokenizer runs/tokenizer --out runs/tiny-target
+    dspark pretrain --preset tiny --corpus runs/corpus --tokenizer runs/tokenizer --output-dir runs/tiny-target
     dspark pretrain --preset small ... --device cuda --time-budget 780
 
 Flags override the preset (see `dspark.reference.presets`). Prints the loss history as a table,
 then one JSON line with the summary (also saved as `training_summary.json` in the output). An existing
---out is never deleted: it is refused before training unless it holds a target dspark wrote and
+--output-dir is never deleted: it is refused before training unless it holds a target dspark wrote and
 --overwrite is given.
 """
 
@@ -17,13 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from dspark.cli.common import add_output_dir_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--corpus", required=True, type=Path, help="corpus directory (`dspark data corpus`)")
     parser.add_argument("--tokenizer", required=True, type=Path, help="tokenizer directory (`dspark tokenizer`)")
-    parser.add_argument("--out", required=True, type=Path, help="output model directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace a target dspark wrote in --out")
+    add_output_dir_argument(parser, required=True, type=Path, help="output model directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace a target dspark wrote in --output-dir")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per optimiser step")
     parser.add_argument("--micro-batch-size", type=int, default=0, help="sequences per forward (0: batch size)")

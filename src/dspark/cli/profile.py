@@ -29,10 +29,12 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dspark.cli.common import add_output_file_argument
+
     add_model_arguments(parser)
-    parser.add_argument("--out", required=True, help="SPS table JSON to write")
-    parser.add_argument("--requests", default="1,8,32,128", help="request counts (rows per round)")
-    parser.add_argument("--widths", default="1,2,4,8", help="tokens verified per request (1 + drafts)")
+    add_output_file_argument(parser, required=True, help="SPS table JSON to write")
+    parser.add_argument("--requests", default="1,8,32,128", help="request counts, comma-separated (rows per round)")
+    parser.add_argument("--widths", default="1,2,4,8", help="tokens verified per request, comma-separated (1 + drafts)")
     parser.add_argument("--context", type=int, default=128, help="prompt tokens already in the cache")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per point (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each point")

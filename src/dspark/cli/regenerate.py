@@ -16,16 +16,17 @@ import json
 import sys
 from dataclasses import asdict
 
-from dspark.cli.common import check_output_file, load_target_checked, resolve_device
+from dspark.cli.common import add_device_dtype_arguments, add_output_file_argument, check_output_file, load_target_checked
 from dspark.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--target", help="target model directory (in-process HF generation)")
+    source.add_argument("--target", help="target model directory or hub id (in-process HF generation)")
     source.add_argument("--endpoint", help="OpenAI-compatible server URL (e.g. http://localhost:8000)")
     parser.add_argument("--input", required=True, help="JSONL with conversations or {'turns': [...]} prompts")
-    parser.add_argument("--output", required=True, help="JSONL of regenerated conversations (appended, resumable)")
+    add_output_file_argument(parser, dest="output", required=True,
+                             help="JSONL of regenerated conversations (appended, resumable)")
     parser.add_argument("--failures", help="failed samples (default: OUTPUT.failures.jsonl)")
     parser.add_argument("--limit", type=int, help="only the first N input records")
     parser.add_argument("--temperature", type=float, default=0.7)
@@ -36,8 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chat-template-kwargs", default='{"enable_thinking": false}',
                         help="JSON passed to the chat template (and to the server)")
     parser.add_argument("--batch-size", type=int, default=8, help="in-process: conversations per generate call")
-    parser.add_argument("--device", help="in-process: default cuda when available, else cpu")
-    parser.add_argument("--dtype", help="in-process: default bfloat16 on GPU, float32 on CPU")
+    add_device_dtype_arguments(parser, "the target (in-process)")
     parser.add_argument("--model", help="endpoint: model name (default: first of /v1/models)")
     parser.add_argument("--concurrency", type=int, default=16, help="endpoint: conversations in flight")
     parser.add_argument("--retries", type=int, default=3, help="endpoint: retries per request")
@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         backend = EndpointBackend(args.endpoint, options)
     else:
-        device = resolve_device(args.device)
-        dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        backend = HFBackend(load_target_checked(args.target, dtype, device), options)
+        backend = HFBackend(load_target_checked(args.target, args.dtype, args.device), options)
     from tqdm import tqdm
 
     bar: list[tqdm] = []

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dspark.cli.common import SIMULATION_OUTPUT, check_output_file, check_report_dir
+from dspark.cli.common import SIMULATION_OUTPUT, add_output_dir_argument, check_output_file, check_report_dir
 from dspark.errors import ConfigError
 from dspark.output_dir import claim_output_dir
 from dspark.scheduling import HARDWARE, MODELS, SPSTable, parse_policy, roofline_table
@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--sla", default=",".join(f"{x:g}" for x in PAPER_SLAS), help="tok/s/user anchors for the frontier summary")
     out.add_argument("--target", default="dspark", help="policy compared at the SLA anchors")
     out.add_argument("--baseline", default="mtp1", help="baseline policy at the SLA anchors")
-    out.add_argument("--out", metavar="DIR", help="write simulation.json and PNG plots here")
-    out.add_argument("--overwrite", action="store_true", help="replace a simulation report dspark wrote in --out")
+    add_output_dir_argument(out, help="write simulation.json and PNG plots here")
+    out.add_argument("--overwrite", action="store_true", help="replace a simulation report dspark wrote in --output-dir")
     out.add_argument("--no-plots", action="store_true")
 
 

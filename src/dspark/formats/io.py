@@ -6,6 +6,7 @@ Directories are written through `dspark.output_dir` (atomic, never over a user's
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,22 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 INDEX_NAME = "model.safetensors.index.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(*paths: Path) -> None:
+    """Give files the mode the umask grants new files (safetensors writes them 0600, so a serving process
+    running as another user could not read a checkpoint); directories below a path are walked."""
+    mask = _umask()
+    for path in paths:
+        for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+            if item.is_file() and not item.is_symlink():
+                os.chmod(item, 0o666 & ~mask)
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3  # above this a checkpoint is sharded (what HF, vLLM and SGLang read)
 
 
@@ -42,6 +59,7 @@ def save_weights(directory: Path, state: dict[str, torch.Tensor], max_shard_byte
     split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_bytes)
     for filename, names in split.filename_to_tensors.items():
         save_file({k: tensors[k] for k in names}, str(directory / filename), metadata={"format": "pt"})
+        apply_umask(directory / filename)
     if not split.is_sharded:
         return list(split.filename_to_tensors)
     write_json(directory / INDEX_NAME, {"metadata": {**split.metadata, "format": "pt"},

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dspark.errors import ConfigError, DataError
+from dspark.formats.io import apply_umask
 from dspark.output_dir import OutputKind, check_output_dir, write_output_dir
 from dspark.reference.corpus import PROVENANCE_FILE, read_provenance
 from dspark.reference.packing import eval_windows, load_split, random_windows
@@ -122,7 +123,7 @@ def pretrain(
     overwrite: bool = False,
 ) -> dict:
     """Train a reference target from scratch and save it to out_dir; returns the training summary."""
-    check_output_dir(out_dir, TARGET_OUTPUT, overwrite)  # before any work: never train for a refused output
+    check_output_dir(out_dir, TARGET_OUTPUT, overwrite, flag="--output-dir")  # before any work: never train for a refused output
     from transformers import Qwen3ForCausalLM
 
     if save_dtype not in ("bfloat16", "float16", "float32"):
@@ -259,5 +260,6 @@ def save_target(
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if corpus_provenance is not None and corpus_provenance.is_file():  # what the weights were trained on
             shutil.copy2(corpus_provenance, tmp / CORPUS_PROVENANCE_FILE)
+        apply_umask(tmp)  # safetensors writes 0600; a target is read by other users' servers too
 
-    write_output_dir(out_dir, TARGET_OUTPUT, fill, overwrite=overwrite)
+    write_output_dir(out_dir, TARGET_OUTPUT, fill, overwrite=overwrite, flag="--output-dir")

@@ -129,7 +129,7 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, model_max_length: int = 
         config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the class name every version knows
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
-    return write_output_dir(out_dir, TOKENIZER_OUTPUT, fill, overwrite=overwrite)
+    return write_output_dir(out_dir, TOKENIZER_OUTPUT, fill, overwrite=overwrite, flag="--output-dir")
 
 
 def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:

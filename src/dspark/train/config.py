@@ -1,7 +1,7 @@
 """`TrainConfig`: every knob of `dspark train`, with DeepSpec's recipe as the defaults (SPEC §2.5).
 
-Config files (JSON or TOML) hold only what differs from these defaults; `--set key=value` overrides
-single fields (values parsed as JSON when they parse, else kept as strings). Every numeric field is
+Config files (JSON or TOML) hold only what differs from these defaults (a DeepSpec or SpecForge config
+can be imported underneath, `train.config_import`); `--set key=value` overrides single fields (values parsed as JSON when they parse, else kept as strings). Every numeric field is
 checked against its range in `RANGES` when the config is made (zero anchors, a negative learning rate or
 `max_steps = 0` are refused with one line). The resolved config is written beside the outputs as
 `train_config.json`.
@@ -164,11 +164,13 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def load_train_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the file (JSON or TOML; may `extends = "other.toml"`), then `key=value` overrides."""
-    values: dict[str, Any] = {}
+def load_train_config(path: str | None = None, overrides: list[str] | None = None,
+                      base: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then `base` (an imported DeepSpec / SpecForge config), then the file (JSON or TOML; may
+    `extends = "other.toml"`), then `key=value` overrides."""
+    values: dict[str, Any] = dict(base or {})
     if path:
-        values = _read_file(Path(path))
+        values.update(_read_file(Path(path)))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
