@@ -33,7 +33,7 @@ def test_generate_json_with_each_drafter(qwen3_target, drafters, method, capsys)
 
 def test_generate_text_mode_and_greedy_flags(qwen3_target, drafters, capsys):
     rc = main(["generate", "--target", qwen3_target.path, "--draft", str(drafters["dspark"]), "--prompt-ids", "5,6",
-               "--max-new-tokens", "8", "--temperature", "0", "--verify-len", "2", "--threshold", "0.1"])
+               "--max-new-tokens", "8", "--temperature", "0", "--verify-len", "2"])
     assert rc == 0
     assert "tau=" in capsys.readouterr().out
 

@@ -62,12 +62,12 @@ def test_shape_and_range_errors():
                          torch.tensor([1]))
 
 
-def biased_rejection_sample(draft_ids, draft_probs, target_probs, num_verify, generator=None):
+def biased_rejection_sample(draft_ids, draft_probs, target_probs, num_verify, generator=None, uniforms=None):
     """A plausible-looking bug: after a rejection, resample from p instead of the residual."""
-    out, n = rejection_sample(draft_ids, draft_probs, target_probs, num_verify, generator)
+    out, n = rejection_sample(draft_ids, draft_probs, target_probs, num_verify, generator, uniforms=uniforms)
     rows = torch.arange(out.shape[0])
     rejected = n < num_verify
-    fresh = sample_from(target_probs[rows, n], generator)
+    fresh = sample_from(target_probs[rows, n], generator, None if uniforms is None else uniforms[:, -1])
     out[rows[rejected], n[rejected]] = fresh[rejected]
     return out, n
 

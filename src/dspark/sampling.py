@@ -83,21 +83,37 @@ def draw(probs: torch.Tensor, params: SamplingParams, generator: torch.Generator
 # ------------------------------------------------------------------------------------------ per row
 @dataclass
 class RowParams:
-    """Per-row sampling parameters of a batch whose requests sample differently: each [R]."""
+    """Per-row sampling parameters of a batch whose requests sample differently: each [R].
+
+    `max_top_k` / `any_top_p` / `any_greedy` are host-side summaries (from the lists the batch was built
+    from) so the processing skips work no row asks for without reading the device.
+    """
 
     temperature: torch.Tensor  # float32, 0 = greedy
     top_k: torch.Tensor  # long, 0 = off
     top_p: torch.Tensor  # float32, 1 = off
+    max_top_k: int = -1  # largest top_k in use (0: none; -1: unknown, check everything)
+    any_top_p: bool = True
+    any_greedy: bool = True
 
     @classmethod
     def from_list(cls, params: list[SamplingParams], device: torch.device | str) -> "RowParams":
         return cls(torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
                    torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
-                   torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device))
+                   torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
+                   max((p.top_k for p in params), default=0), any(p.top_p < 1.0 for p in params),
+                   any(p.greedy for p in params))
+
+    def _rows(self, tensors: tuple[torch.Tensor, ...]) -> "RowParams":
+        return RowParams(*tensors, self.max_top_k, self.any_top_p, self.any_greedy)
 
     def repeat(self, times: int) -> "RowParams":
         """Each row's parameters repeated `times` times in a row (rows with several positions)."""
-        return RowParams(*(t.repeat_interleave(times) for t in (self.temperature, self.top_k, self.top_p)))
+        return self._rows(tuple(t.repeat_interleave(times) for t in (self.temperature, self.top_k, self.top_p)))
+
+    def select(self, index: torch.Tensor) -> "RowParams":
+        """The rows at `index` [M] (the summaries stay valid upper bounds)."""
+        return self._rows(tuple(t[index] for t in (self.temperature, self.top_k, self.top_p)))
 
 
 def processed_probs_rows(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -108,23 +124,28 @@ def processed_probs_rows(logits: torch.Tensor, params: RowParams) -> torch.Tenso
     """
     logits = logits.float()
     vocab = logits.shape[-1]
-    greedy = (params.temperature == 0).unsqueeze(-1)  # [R, 1]
-    scaled = logits / torch.where(greedy, torch.ones_like(params.temperature.unsqueeze(-1)), params.temperature.unsqueeze(-1))
-    k = torch.where((params.top_k > 0) & (params.top_k < vocab), params.top_k, vocab)  # [R]
-    sorted_desc = scaled.sort(dim=-1, descending=True).values  # [R, V]
-    kth = sorted_desc.gather(-1, (k - 1).unsqueeze(-1))  # [R, 1]
-    scaled = torch.where((k < vocab).unsqueeze(-1) & (scaled < kth), torch.full_like(scaled, float("-inf")), scaled)
+    temp = params.temperature.unsqueeze(-1)  # [R, 1]
+    greedy = temp == 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)
+    kmax = vocab if params.max_top_k < 0 else min(params.max_top_k, vocab)
+    if kmax > 0:
+        k = torch.where((params.top_k > 0) & (params.top_k < vocab), params.top_k, vocab)  # [R]
+        top = torch.topk(scaled, kmax, dim=-1).values  # [R, kmax] descending
+        kth = top.gather(-1, (k.clamp(max=kmax) - 1).unsqueeze(-1))  # [R, 1]
+        cut = (k < vocab).unsqueeze(-1) & (scaled < kth)
+        scaled = scaled.masked_fill(cut, float("-inf"))
     probs = torch.softmax(scaled, dim=-1)
-    top_p = params.top_p.unsqueeze(-1)  # [R, 1]
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
-    drop = drop & (top_p < 1.0)
-    nucleus = probs.masked_fill(drop, 0.0)
-    nucleus = nucleus / nucleus.sum(-1, keepdim=True)
-    probs = torch.where(top_p < 1.0, nucleus, probs)
-    one_hot = torch.nn.functional.one_hot(logits.argmax(-1), vocab).float()
-    return torch.where(greedy, one_hot, probs)
+    if params.any_top_p:
+        top_p = params.top_p.unsqueeze(-1)  # [R, 1]
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop = torch.zeros_like(mass_before, dtype=torch.bool).scatter(-1, order, mass_before >= top_p)
+        drop = drop & (top_p < 1.0)
+        nucleus = probs.masked_fill(drop, 0.0)
+        probs = torch.where(top_p < 1.0, nucleus / nucleus.sum(-1, keepdim=True), probs)
+    if params.any_greedy:
+        probs = torch.where(greedy, torch.nn.functional.one_hot(logits.argmax(-1), vocab).float(), probs)
+    return probs
 
 
 class Sampler(Protocol):

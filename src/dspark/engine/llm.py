@@ -26,7 +26,8 @@ from dspark.engine.results import GenerationResult, RequestOutput
 from dspark.engine.runner import HFRunner, ModelRunner, Runner
 from dspark.engine.scheduler import Scheduler
 from dspark.errors import ConfigError, DSparkError, UnsupportedModelError
-from dspark.scheduling.planner import Planner, VerifyPlanner
+from dspark.scheduling.planner import NEEDS_SPS, Planner, VerifyPlanner
+from dspark.scheduling.policy import parse_policy
 from dspark.scheduling.sps_table import SPSTable
 from dspark.targets.adapter import TargetModel
 
@@ -81,13 +82,15 @@ class LLM:
         self.eos_token_ids = set(cfg.eos_token_ids) or self.target.stop_token_ids()
         num_pages = cfg.num_pages or self._default_pages()
         self.runner = self._make_runner(runner, num_pages)
-        self.planner = self._make_planner(given or cfg.policy, sps)
         self.blocks = BlockManager(num_pages, cfg.page_size, cfg.enable_prefix_caching and self.runner.supports_prefix_caching)
         if self.blocks.pages_for(self.max_model_len) > num_pages - 1:
             log.info("KV pool of %d pages holds less than one max_model_len sequence; long requests will be refused", num_pages)
-        self.scheduler = Scheduler(cfg, self.blocks, self.planner, self.num_drafts, self.eos_token_ids, self.max_model_len)
+        self.scheduler = Scheduler(cfg, self.blocks, VerifyPlanner("none"), self.num_drafts, self.eos_token_ids,
+                                   self.max_model_len)
         self._ids = itertools.count()
         self._reported: dict[str, int] = {}
+        self.planner = self._make_planner(given or cfg.policy, sps)  # may profile the engine (needs the scheduler)
+        self.scheduler.planner = self.planner
 
     # ------------------------------------------------------------------------------ construction
     def _default_pages(self) -> int:
@@ -118,6 +121,14 @@ class LLM:
             if not Path(sps).is_file():
                 raise ConfigError(f"SPS table {str(sps)!r} not found")
             sps = SPSTable.load(sps)
+        if isinstance(policy, str):
+            parsed = parse_policy(policy)
+            if sps is None and (parsed.kind in NEEDS_SPS or parsed.gate):
+                if self.drafter is None:
+                    raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")
+                from dspark.engine.profile import table_for
+
+                sps = table_for(self)
         planner = VerifyPlanner(policy, sps) if isinstance(policy, str) else policy
         if planner.drafting and self.drafter is None:
             raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")

@@ -17,6 +17,7 @@ class RoundRecord:
     committed: int  # tokens actually appended (accepted + 1, fewer if a stop token or the budget cut it)
     draft_ids: list[int] = field(default_factory=list)
     confidences: list[float] | None = None
+    stopped: bool = False  # the round ended the request at a stop token (EOS, stop_token_ids)
 
 
 @dataclass
@@ -31,8 +32,8 @@ class GenerationResult:
 
     @property
     def tau(self) -> float:
-        """Mean tokens per round including the recovered/bonus token (SPEC §1)."""
-        return sum(r.accepted + 1 for r in self.rounds) / max(1, len(self.rounds))
+        """Mean tokens per round including the recovered/bonus token (SPEC §1; `dspark.eval.metrics.round_tokens`)."""
+        return sum(r.committed if r.stopped else r.accepted + 1 for r in self.rounds) / max(1, len(self.rounds))
 
     def to_dict(self) -> dict:
         return {"token_ids": self.token_ids, "finish_reason": self.finish_reason, "tau": self.tau,

@@ -42,7 +42,7 @@ class Scheduler:
         self.eos = set(eos_token_ids)
         self.max_model_len = max_model_len
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.running: dict[str, Request] = {}  # in admission order (the last is preempted first)
         self.requests: dict[str, Request] = {}
         self.released: list[str] = []  # runner state to drop at the next step
         self.step_index = 0
@@ -69,13 +69,12 @@ class Scheduler:
 
     def _finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason = Status.FINISHED, reason
-        if req in self.running:
-            self.running.remove(req)
+        self.running.pop(req.req_id, None)
         self.blocks.release(req.pages)
         self.released.append(req.req_id)
 
     def _preempt(self, req: Request) -> None:
-        self.running.remove(req)
+        del self.running[req.req_id]
         self.blocks.release(req.pages)
         req.status, req.num_computed, req.num_hashed_pages = Status.WAITING, 0, 0
         req.survival = req.conditional = None
@@ -106,19 +105,21 @@ class Scheduler:
         new: list[NewRequest] = []
         stride = draw_stride(self.num_drafts)
 
-        decoding = [r for r in self.running if not r.in_prefill]
+        decoding = [r for r in self.running.values() if not r.in_prefill]
         lengths = self._plan_lengths(decoding)
         scheduled: list[Request] = []
         for req in decoding:
-            if req.finished or req not in self.running:  # preempted by an earlier row of this loop
+            if req.req_id not in self.running:  # preempted by an earlier row of this loop
                 continue
-            ell = max(0, min(lengths.get(req.req_id, 0), self._room(req) - 1, len(req.draft_ids)))
+            # capped by the positions left under max_model_len, not by max_tokens: a round the budget ends
+            # verifies what the policy chose and its commit is cut (as DeepSpec does, so τ counts alike)
+            ell = max(0, min(lengths.get(req.req_id, 0), self.max_model_len - req.num_tokens - 1, len(req.draft_ids)))
             while not self.blocks.grow(req.pages, req.num_computed + 1 + ell):
-                victim = self.running[-1]
+                victim = next(reversed(self.running.values()))
                 self._preempt(victim)
                 if victim is req:
                     break
-            if req not in self.running:
+            if req.req_id not in self.running:
                 continue
             seqs.append(ScheduledSeq(req.req_id, req.num_computed, [req.all_ids[-1]], list(req.pages), req.rng_counter,
                                      num_verify=ell))
@@ -126,7 +127,7 @@ class Scheduler:
             budget -= 1 + ell
             scheduled.append(req)
 
-        for req in [r for r in self.running if r.in_prefill]:
+        for req in [r for r in self.running.values() if r.in_prefill]:
             if budget <= 0:
                 break
             budget -= self._schedule_prefill(req, budget, seqs, stride)
@@ -143,7 +144,7 @@ class Scheduler:
             if req.num_tokens == len(req.prompt_ids):
                 req.num_cached = req.num_computed
             req.status = Status.RUNNING
-            self.running.append(req)
+            self.running[req.req_id] = req
             o = req.options
             new.append(NewRequest(req.req_id, o.temperature, o.top_p, o.top_k, req.seed))
             budget -= self._schedule_prefill(req, budget, seqs, stride)
@@ -184,8 +185,9 @@ class Scheduler:
                 req.num_computed += res.num_accepted + 1
             kept = self._append(req, res.committed)
             if not seq.prefill:
+                stopped = req.finished and req.finish_reason in ("eos", "stop")
                 req.rounds.append(RoundRecord(len(req.draft_ids), seq.num_verify, res.num_accepted, kept,
-                                            req.draft_ids, req.conditional))
+                                            req.draft_ids, req.conditional, stopped))
             req.draft_ids = res.draft_ids
             req.conditional = res.confidences if res.draft_ids else None
             if res.draft_ids:

@@ -101,8 +101,7 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     batch = plan.batch
     layer_ids = drafter.config.target_layer_ids if drafter is not None else None
     out = target.forward(batch, plan.seqs, layer_ids)  # 1. verify (and prefill)
-    target_probs = processed_probs_rows(out.logits, RowParams(*(t[plan.logit_rows] for t in
-                                                              (plan.params.temperature, plan.params.top_k, plan.params.top_p))))
+    target_probs = processed_probs_rows(out.logits, plan.params.select(plan.logit_rows))
     device = target_probs.device
     empty = torch.zeros(0, dtype=torch.long, device=device)
     out_ids, num_accepted = _verify(plan, target_probs) if plan.verify_rows else (empty.view(0, 1), empty)  # 2. commit
@@ -130,7 +129,7 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
         anchors[torch.tensor(plan.first_rows, dtype=torch.long, device=device)] = first_ids
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + update.num_new)[rows],
                                            max_len + update.next_ids.shape[1]))
-    sampler = RowSampler(RowParams(*(t[rows] for t in (plan.params.temperature, plan.params.top_k, plan.params.top_p))),
+    sampler = RowSampler(plan.params.select(rows),
                          plan.seeds[rows], plan.counters[rows] + plan.num_drafts + 1)
     proposal = drafter.draft(sub, None if carry is None else carry[rows], anchors[rows], sampler)
     return StepResult(out_ids, num_accepted, first_ids, proposal)

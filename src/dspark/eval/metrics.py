@@ -11,7 +11,9 @@ Slots are numbered 1..γ in the docs and 0..γ-1 in arrays. A slot k is OBSERVED
 verified (k <= verified); the verification length never depends on the outcome (fixed length, budget),
 so restricting to observed slots leaves the rates unbiased.
 
-* τ: mean committed tokens per round including the recovered/bonus token, mean(accepted + 1).
+* τ: mean tokens per round including the recovered/bonus token: accepted + 1, or, in the round that
+  ends a request at a stop token, the tokens up to and including it (DeepSpec's accept_len; a round
+  whose commit the token budget cut still counts accepted + 1, as DeepSpec's does).
 * conditional acceptance of slot k (the paper's Fig. 2): among rounds where slot k was verified and
   slots 1..k-1 were all accepted, the fraction where slot k was accepted.
 * unconditional acceptance of slot k (DeepSpec's accept_rate@k, "prefix survival"): among rounds where
@@ -44,10 +46,19 @@ def slot_outcomes(accepted: np.ndarray, verified: np.ndarray, num_slots: int) ->
     return observed, survived
 
 
-def tau(accepted: np.ndarray) -> float:
-    """Mean tokens committed per round including the recovered/bonus token; NaN without rounds."""
+def round_tokens(accepted: np.ndarray, committed: np.ndarray | None = None, stopped: np.ndarray | None = None) -> np.ndarray:
+    """What each round counts for τ: accepted + 1, or its committed tokens where it ended at a stop token."""
     accepted = _as_int(accepted)
-    return float(np.mean(accepted + 1)) if accepted.size else math.nan
+    tokens = accepted + 1
+    if committed is not None and stopped is not None:
+        tokens = np.where(np.asarray(stopped, dtype=bool), _as_int(committed), tokens)
+    return tokens
+
+
+def tau(accepted: np.ndarray, committed: np.ndarray | None = None, stopped: np.ndarray | None = None) -> float:
+    """Mean `round_tokens` per round (the one definition of τ); NaN without rounds."""
+    tokens = round_tokens(accepted, committed, stopped)
+    return float(np.mean(tokens)) if tokens.size else math.nan
 
 
 def conditional_acceptance(accepted: np.ndarray, verified: np.ndarray, num_slots: int) -> np.ndarray:
@@ -125,11 +136,12 @@ def threshold_sweep(confidences: np.ndarray, accepted: np.ndarray, verified: np.
     return out
 
 
-def acceptance_summary(accepted: np.ndarray, verified: np.ndarray, num_slots: int) -> dict[str, object]:
+def acceptance_summary(accepted: np.ndarray, verified: np.ndarray, num_slots: int, committed: np.ndarray | None = None,
+                       stopped: np.ndarray | None = None) -> dict[str, object]:
     """τ, round count, and both per-slot acceptance curves (JSON-ready: NaN becomes None)."""
     accepted = _as_int(accepted)
     return {
-        "tau": nan_to_none(tau(accepted)),
+        "tau": nan_to_none(tau(accepted, committed, stopped)),
         "num_rounds": int(accepted.size),
         "accept_rate_conditional": nan_to_none(conditional_acceptance(accepted, verified, num_slots)),
         "accept_rate_unconditional": nan_to_none(unconditional_acceptance(accepted, verified, num_slots)),
@@ -164,4 +176,6 @@ def summarize(results: Sequence, num_slots: int) -> dict[str, object]:
     """
     rounds = [r for res in results for r in res.rounds]
     return acceptance_summary(np.array([r.accepted for r in rounds], dtype=np.int64),
-                              np.array([r.verified for r in rounds], dtype=np.int64), num_slots)
+                              np.array([r.verified for r in rounds], dtype=np.int64), num_slots,
+                              np.array([r.committed for r in rounds], dtype=np.int64),
+                              np.array([getattr(r, "stopped", False) for r in rounds], dtype=bool))

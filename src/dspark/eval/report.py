@@ -63,18 +63,19 @@ def build_report(runs: Sequence[PromptSetRun], stored_temperatures: Sequence[flo
         t = run.trace
         entry = {"domain": run.prompt_set.domain, "num_prompts": run.num_prompts, "num_skipped": run.num_skipped,
                  "generated_tokens": run.num_generated, "wall_s": round(run.wall_s, 3)}
-        entry.update(acceptance_summary(t.accepted, t.verified, num_slots))
+        entry.update(acceptance_summary(t.accepted, t.verified, num_slots, t.committed, t.stopped))
         datasets[run.prompt_set.name] = entry
     domains: dict[str, dict[str, Any]] = {}
     for name in sorted({e["domain"] for e in datasets.values()}):
         members = [d for d, e in datasets.items() if e["domain"] == name]
         mask = np.isin(trace.domain, [name])
-        pooled = acceptance_summary(trace.accepted[mask], trace.verified[mask], num_slots)
+        pooled = acceptance_summary(trace.accepted[mask], trace.verified[mask], num_slots, trace.committed[mask],
+                                    None if trace.stopped is None else trace.stopped[mask])
         domains[name] = {"datasets": members, "tau": macro_mean([datasets[d]["tau"] for d in members]),
                          "num_rounds": pooled["num_rounds"],
                          "accept_rate_conditional": pooled["accept_rate_conditional"],
                          "accept_rate_unconditional": pooled["accept_rate_unconditional"]}
-    overall = acceptance_summary(trace.accepted, trace.verified, num_slots)
+    overall = acceptance_summary(trace.accepted, trace.verified, num_slots, trace.committed, trace.stopped)
     summary: dict[str, Any] = {
         "num_slots": num_slots,
         "macro_tau": macro_mean([d["tau"] for d in domains.values()]),

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from dspark.errors import DataError
+from dspark.eval.metrics import round_tokens
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Trace:
     domain: np.ndarray  # [N] str
     raw_confidences: np.ndarray | None = None  # [N, γ] σ(raw logit), or None without a confidence head
     confidences: np.ndarray | None = None  # [N, γ] calibrated; None -> same as raw
+    stopped: np.ndarray | None = None  # [N] bool: the round ended the request at a stop token (None: none did)
+
+    def tau_tokens(self) -> np.ndarray:
+        """[N] what each round counts for τ (`dspark.eval.metrics.round_tokens`)."""
+        return round_tokens(self.accepted, self.committed, self.stopped)
 
     def __len__(self) -> int:
         return int(self.accepted.size)
@@ -76,6 +82,7 @@ def trace_from_results(results: Sequence[Any], num_slots: int, dataset: str, dom
     turns = [turns] * len(results) if isinstance(turns, int) else list(turns)
     offsets = list(round_offsets) if round_offsets is not None else [0] * len(results)
     cols: dict[str, list] = {k: [] for k in ("accepted", "verified", "committed", "request", "turn", "round_index")}
+    stopped: list[bool] = []
     confs: list[list[float] | None] = []
     for res, req, turn, off in zip(results, request_ids, turns, offsets):
         for i, rec in enumerate(res.rounds):
@@ -85,6 +92,7 @@ def trace_from_results(results: Sequence[Any], num_slots: int, dataset: str, dom
             cols["request"].append(req)
             cols["turn"].append(turn)
             cols["round_index"].append(off + i)
+            stopped.append(bool(getattr(rec, "stopped", False)))
             confs.append(None if rec.confidences is None else list(rec.confidences)[:num_slots])
     n = len(confs)
     raw = None
@@ -92,7 +100,7 @@ def trace_from_results(results: Sequence[Any], num_slots: int, dataset: str, dom
         raw = np.asarray(confs, dtype=np.float64).reshape(n, num_slots)
     return Trace(num_slots, *(np.asarray(cols[k], dtype=np.int64) for k in cols),
                  dataset=np.full(n, dataset, dtype=object), domain=np.full(n, domain, dtype=object),
-                 raw_confidences=raw)
+                 raw_confidences=raw, stopped=np.asarray(stopped, dtype=bool))
 
 
 def concat_traces(traces: Sequence[Trace]) -> Trace:
@@ -106,12 +114,13 @@ def concat_traces(traces: Sequence[Trace]) -> Trace:
         raise DataError(f"traces have different numbers of slots: {sorted(slots)}")
     kw: dict[str, Any] = {"num_slots": traces[0].num_slots}
     for f in fields(Trace):
-        if f.name not in ("num_slots", "raw_confidences", "confidences"):
+        if f.name not in ("num_slots", "raw_confidences", "confidences", "stopped"):
             kw[f.name] = np.concatenate([getattr(t, f.name) for t in traces])
     has_conf = all(t.has_confidence for t in traces)  # one part without a confidence head: none for the whole
     kw["raw_confidences"] = np.concatenate([t.raw_confidences for t in traces]) if has_conf else None
     calibrated = has_conf and any(t.confidences is not None for t in traces)
     kw["confidences"] = np.concatenate([t.scheduler_confidences for t in traces]) if calibrated else None
+    kw["stopped"] = np.concatenate([t.stopped if t.stopped is not None else np.zeros(len(t), dtype=bool) for t in traces])
     return Trace(**kw)
 
 
@@ -126,6 +135,7 @@ def write_trace_jsonl(trace: Trace, path: str | Path) -> Path:
                    "turn": int(trace.turn[i]), "round": int(trace.round_index[i]), "drafted": trace.num_slots,
                    "verified": int(trace.verified[i]), "accepted": int(trace.accepted[i]),
                    "committed": int(trace.committed[i]),
+                   "stopped": bool(trace.stopped[i]) if trace.stopped is not None else False,
                    "confidences": None if conf is None else [round(float(c), 6) for c in conf[i]],
                    "raw_confidences": None if trace.raw_confidences is None
                    else [round(float(c), 6) for c in trace.raw_confidences[i]]}
@@ -172,4 +182,5 @@ def read_trace_jsonl(path: str | Path) -> Trace:
                  col("request", 0), col("turn", 0), col("round", 0),
                  np.asarray([r.get("dataset", "") for r in recs], dtype=object),
                  np.asarray([r.get("domain", "") for r in recs], dtype=object),
-                 raw_confidences=matrix(raw), confidences=matrix(conf))
+                 raw_confidences=matrix(raw), confidences=matrix(conf),
+                 stopped=np.asarray([bool(r.get("stopped", False)) for r in recs], dtype=bool))

@@ -1,0 +1,174 @@
+"""SPS profiling of the engine itself: what one step costs, by verified tokens and by request count.
+
+Where it sits: `profile_engine(llm) ─► SPSTable` — run by `dspark profile`, and by `LLM` at start when
+its policy needs a table and none is given (`table_for(llm)` keeps it in a JSON cache keyed by target,
+drafter, device, dtype and runner, and reuses it on the next start).
+
+For each request count R, R requests with random prompts of `context` tokens decode in the engine
+(nothing else runs). Then, for each width w (1 + drafts verified per request), the target forward of a
+real verify step over B = R·w tokens is timed on its own (the same `FlatBatch` replayed: it rewrites
+the same K/V), and whole engine steps are timed with no drafting (policy ``none``) and with drafting
+(``fixed:γ``). The verify curve is the fastest time per B; ``request_cost(R)`` is a plain step's excess
+over its verify forward (scheduling, sampling, bookkeeping, the drafter's absorb), and
+``draft_cost(R)`` a drafted step's further excess over the verify forward of R·(γ+1) tokens (the
+drafter's proposal and rejection sampling). Times are medians of `repeats` after `warmup` calls,
+synchronised on CUDA; the stored table gets the monotone envelope unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from dspark.engine.options import SamplingOptions
+from dspark.errors import ConfigError
+from dspark.scheduling.planner import VerifyPlanner
+from dspark.scheduling.sps_table import SPSTable
+
+if TYPE_CHECKING:
+    from dspark.engine.llm import LLM
+
+log = logging.getLogger(__name__)
+
+
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _time_verify_forward(llm: LLM, width: int, repeats: int, warmup: int) -> float:
+    """Median seconds of the target forward of one real step verifying width-1 drafts per request."""
+    llm.scheduler.planner = VerifyPlanner(f"fixed:{width - 1}") if width > 1 else VerifyPlanner("none")
+    llm.step()  # drafts of the right kind are waiting now
+    out = llm.scheduler.schedule()
+    plan = llm.runner._plan(out)
+    layer_ids = llm.drafter.config.target_layer_ids if llm.drafter is not None else None
+    seconds = _median_seconds(lambda: llm.runner.target.forward(plan.batch, plan.seqs, layer_ids), llm.runner.device,
+                              repeats, warmup)
+    llm.scheduler.update(out, llm.runner.execute(out))
+    return seconds
+
+
+def _time_steps(llm: LLM, policy: str, repeats: int, warmup: int) -> float:
+    llm.scheduler.planner = VerifyPlanner(policy)
+    llm.step()
+    return _median_seconds(llm.step, llm.runner.device, repeats, warmup)
+
+
+@torch.no_grad()
+def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Sequence[int] = (1, 2, 4, 8),
+                   context: int = 64, repeats: int = 5, warmup: int = 2, seed: int = 0, monotone: bool = True
+                   ) -> tuple[SPSTable, list[dict]]:
+    """Measure the engine's table (see the module docstring); returns it and the raw rows."""
+    if not requests or min(requests) < 1 or not widths or min(widths) < 1:
+        raise ConfigError(f"requests and widths must be non-empty lists of integers >= 1, got {requests} / {widths}")
+    if context < 1 or repeats < 1 or warmup < 0:
+        raise ConfigError("context and repeats must be >= 1 and warmup >= 0")
+    if llm.scheduler.has_unfinished():
+        raise ConfigError("profile an idle engine (requests are running)")
+    gamma = llm.num_drafts
+    widths = sorted({int(w) for w in widths if w - 1 <= gamma} | ({gamma + 1} if gamma else set()) | {1})
+    steps_needed = warmup + repeats + 2
+    budget = steps_needed * (len(widths) + 2) * (gamma + 1) + 8
+    rng = np.random.default_rng(seed)
+    saved = llm.scheduler.planner
+    rows: list[dict] = []
+    best: dict[int, float] = {}
+    request_cost: dict[int, float] = {}
+    draft_cost: dict[int, float] = {}
+    try:
+        for r in sorted({int(x) for x in requests}):
+            if r > llm.config.max_num_seqs:
+                raise ConfigError(f"cannot profile {r} requests with max_num_seqs={llm.config.max_num_seqs}")
+            ids = [llm.add_request(rng.integers(0, llm.target.vocab_size, context).tolist(),
+                                   SamplingOptions(budget, temperature=1.0, seed=seed + i, ignore_eos=True),
+                                   request_id=f"profile-{r}-{i}") for i in range(r)]
+            llm.scheduler.planner = VerifyPlanner(f"fixed:{gamma}") if gamma else VerifyPlanner("none")
+            while any(llm.request(i).in_prefill or not llm.request(i).output_ids for i in ids):
+                llm.step()
+            verify = {}
+            for w in widths:
+                verify[w] = _time_verify_forward(llm, w, repeats, warmup)
+                rows.append({"requests": r, "width": w, "tokens": r * w, "seconds": verify[w]})
+                best[r * w] = min(verify[w], best.get(r * w, float("inf")))
+            plain = _time_steps(llm, "none", repeats, warmup)
+            request_cost[r] = max(plain - verify[1], 1e-6)
+            row = {"requests": r, "plain_step_seconds": plain, "request_seconds": request_cost[r]}
+            if gamma:
+                drafted = _time_steps(llm, f"fixed:{gamma}", repeats, warmup)
+                draft_cost[r] = max(drafted - verify[gamma + 1] - request_cost[r], 1e-6)
+                row.update(drafted_step_seconds=drafted, draft_seconds=draft_cost[r])
+            rows.append(row)
+            for i in ids:
+                llm.abort(i)
+            llm.step()  # hand the released state to the runner
+    finally:
+        llm.scheduler.planner = saved
+        for req in list(llm.scheduler.requests):
+            if req.startswith("profile-"):
+                llm.abort(req)
+                del llm.scheduler.requests[req]
+    tokens = sorted(best)
+    meta = {"source": "dspark profile (engine)", "device": str(llm.runner.device), "runner": type(llm.runner.target).__name__,
+            "context": context, "widths": widths, "repeats": repeats, "dtype": str(llm.target.dtype)}
+    table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost,
+                     monotone=monotone, meta=meta)
+    return table, rows
+
+
+def cache_key(llm: LLM) -> str:
+    """Target, drafter, device, dtype and runner: what the table depends on."""
+    parts = {"target": llm.target.fingerprint(), "runner": type(llm.runner.target).__name__,
+             "device": torch.cuda.get_device_name(llm.runner.device) if llm.runner.device.type == "cuda" else "cpu",
+             "dtype": str(llm.target.dtype), "page_size": llm.config.page_size}
+    if llm.drafter is not None:
+        weights = hashlib.sha256()
+        for name, p in sorted(llm.drafter.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(p.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+        parts["drafter"] = json.dumps(llm.drafter.config.to_dict(), sort_keys=True, default=str) + weights.hexdigest()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DSPARK_CACHE", Path.home() / ".cache" / "dspark")) / "sps"
+
+
+def table_for(llm: LLM) -> SPSTable:
+    """The engine's SPS table: from the cache if this exact setup was profiled before, else measured now."""
+    path = cache_dir() / f"{cache_key(llm)}.json"
+    if path.is_file():
+        try:
+            log.info("SPS table from %s", path)
+            return SPSTable.load(path)
+        except Exception as exc:  # a corrupt cache entry is re-measured, never fatal
+            log.warning("ignoring unreadable SPS cache %s (%s)", path, exc)
+    limit = llm.config.max_num_seqs
+    requests = [r for r in (1, 4, 16, 64) if r <= limit] or [1]
+    log.info("profiling the engine's SPS table (requests %s); cached at %s", requests, path)
+    table, _ = profile_engine(llm, requests=requests, context=min(64, max(8, llm.max_model_len // 8)), repeats=3, warmup=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.save(path)
+    except OSError as exc:
+        log.warning("could not cache the SPS table at %s (%s)", path, exc)
+    return table
