@@ -147,9 +147,11 @@ def test_roofline_qwen3_8b_parameter_count():
     assert MODELS["qwen3-8b"].kv_bytes_per_token == 2 * 36 * 8 * 128 * 2
 
 
-def test_from_roofline_takes_plain_numbers():
+def test_table_from_numbers_takes_plain_numbers():
+    from dspark.scheduling.roofline import table_from_numbers
+
     model = MODELS["qwen3-8b"]
-    plain = SPSTable.from_roofline(
+    plain = table_from_numbers(
         bandwidth=4.3e12, flops=790e12, num_params=model.num_params, num_layers=36,
         kv_bytes_per_token=model.kv_bytes_per_token, context_len=1024, max_tokens=512, compute_efficiency=0.6,
     )

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dspark.scheduling.policy import threshold_lengths
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(10))  # 0.0, 0.1, ..., 0.9
 
 
@@ -94,12 +96,6 @@ def expected_accepted_length(confidences: np.ndarray, verify_len: int | None = N
     if verify_len is not None:
         a = a[..., :verify_len]
     return 1.0 + a.sum(-1)
-
-
-def threshold_lengths(confidences: np.ndarray, threshold: float) -> np.ndarray:
-    """Verify up to the first slot with c_k < threshold: [N, γ] -> [N] (the decoder's rule)."""
-    keep = np.asarray(confidences, dtype=np.float64) >= threshold  # [N, γ]
-    return np.cumprod(keep, axis=1).sum(axis=1).astype(np.int64)
 
 
 def threshold_sweep(confidences: np.ndarray, accepted: np.ndarray, verified: np.ndarray,

@@ -173,6 +173,13 @@ def conditional_from_survival(survival: np.ndarray) -> np.ndarray:
         return np.where(prev > 0, survival / np.where(prev > 0, prev, 1.0), 0.0)
 
 
+def threshold_lengths(conditional: np.ndarray, threshold: float) -> np.ndarray:
+    """The threshold rule, the one place it is written: verify up to (excluding) the first slot whose
+    conditional confidence is below `threshold`: [N, γ] -> [N] int64."""
+    keep = np.asarray(conditional, dtype=np.float64) >= threshold
+    return np.cumprod(keep, axis=-1).sum(axis=-1).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------------------------- core
 def _ranked(slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidates with a > 0 by a descending (ties: smaller j, then smaller r) -> (values [N], rows [N]).
@@ -219,7 +226,7 @@ def _plan(
         return np.full(num_rows, min(int(policy.param), gamma), dtype=np.int64)
     if policy.kind == "threshold":
         cond = conditional_from_survival(slots.T) if confidence is None else confidence  # [R, γ]
-        return np.cumprod(cond >= policy.param, axis=1).sum(axis=1).astype(np.int64)
+        return threshold_lengths(cond, policy.param)
     values, rows = _ranked(slots)
     if policy.kind == "dspark" or (policy.kind == "dspark-async" and stale is None and capacity is None):
         k = _first_non_improvement(_throughput_path(values, num_rows, sps))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,7 @@ def roofline_table(
     linearly); the request cost (target KV reads) and, when `drafter` is given, the draft cost (one
     drafter forward over `R · draft_slots` tokens with its own KV reads) cover 1..`max_requests`.
     `drafter` may be "dspark" or "mtp1" (built for the target by name) or a `ModelShape`.
-    `SPSTable.from_roofline` is the same builder taking plain numbers.
+    `table_from_numbers` is the same builder taking plain numbers.
     """
     hw = HARDWARE.get(hardware) if isinstance(hardware, str) else hardware
     if hw is None:
@@ -183,3 +184,14 @@ def roofline_table(
         request_cost=(req_keys, kv_reads.tolist()),
         meta=meta,
     )
+
+
+def table_from_numbers(*, bandwidth: float, flops: float, num_params: float, num_layers: int, kv_bytes_per_token: float,
+                       context_len: int, **kwargs: Any) -> SPSTable:
+    """Analytic table from plain numbers (bytes/s, FLOP/s, parameters read per forward, layers, KV bytes
+    per context token, mean context); see `roofline_table` for the model and the keyword options
+    (efficiencies go in `bandwidth_efficiency` / `compute_efficiency`)."""
+    hw_keys = ("bandwidth_efficiency", "compute_efficiency")
+    hw = Hardware("custom", bandwidth, flops, **{k: kwargs.pop(k) for k in hw_keys if k in kwargs})
+    model = ModelShape("custom", num_params, num_layers, kv_bytes_per_token)
+    return roofline_table(hw, model, context_len=context_len, **kwargs)

@@ -207,28 +207,6 @@ class SPSTable:
             self._dense = dense
         return self._dense
 
-    @classmethod
-    def from_roofline(
-        cls,
-        *,
-        bandwidth: float,
-        flops: float,
-        num_params: float,
-        num_layers: int,
-        kv_bytes_per_token: float,
-        context_len: int,
-        **kwargs: Any,
-    ) -> SPSTable:
-        """Analytic table from plain numbers (bytes/s, FLOP/s, parameters read per forward, layers, KV bytes
-        per context token, mean context); see `dspark.scheduling.roofline.roofline_table` for the model and
-        the keyword options (efficiencies go in `bandwidth_efficiency` / `compute_efficiency`)."""
-        from dspark.scheduling.roofline import Hardware, ModelShape, roofline_table
-
-        hw_keys = ("bandwidth_efficiency", "compute_efficiency")
-        hw = Hardware("custom", bandwidth, flops, **{k: kwargs.pop(k) for k in hw_keys if k in kwargs})
-        model = ModelShape("custom", num_params, num_layers, kv_bytes_per_token)
-        return roofline_table(hw, model, context_len=context_len, **kwargs)
-
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
