@@ -205,8 +205,9 @@ def test_gpu_graph_replay_equals_eager(dtype):
             k.copy_(k0)
             v.copy_(v0)
         want = eager.forward(batch, None, FEATURE_IDS)  # unpadded eager step (other GEMM shapes: rounding)
-        if dtype == torch.float32:
-            outputs_close(got, want, atol=1e-4)
+        if dtype == torch.float32:  # features reach |x| ~ 100 here: relative, not absolute, fp32 noise
+            for a, b in ((got.logits, want.logits), (got.features, want.features), (got.last_hidden, want.last_hidden)):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
         else:
             assert rel_err(got.logits, want.logits) < 2e-2 and rel_err(got.features, want.features) < 2e-2
     assert graphed.num_graph_steps == len(rounds)
