@@ -65,9 +65,10 @@ def test_a_checkpoint_is_never_resumed_without_resume(run, capsys):
 
 
 def test_resume_refuses_a_foreign_target_of_the_same_shapes(run):
-    root, _, target_b = run
-    with pytest.raises(ConfigError, match="target fingerprint"):
+    root, target_a, target_b = run
+    with pytest.raises(ConfigError, match="target: the checkpoint was trained for .*this run's target is") as info:
         Trainer(_config(root, target_b, root / "done"), resume=True)
+    assert str(target_a) in str(info.value) and str(target_b) in str(info.value)  # both named
 
 
 @pytest.mark.parametrize("change, named", [

@@ -125,35 +125,47 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"no model.safetensors (or index) in {str(directory)!r}")
 
 
-def _embedding_rows(directory: Path) -> int | None:
-    """Rows of the stored input embedding (from the safetensors headers only), or None."""
+def _embedding_shape(directory: Path) -> tuple[int, ...] | None:
+    """Shape of the stored input embedding (from the safetensors headers only), or None."""
     from safetensors import safe_open
 
     for path in weight_files(directory):
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 if key.endswith("embed_tokens.weight"):
-                    return int(handle.get_slice(key).get_shape()[0])
+                    return tuple(handle.get_slice(key).get_shape())
+    return None
+
+
+def _config_mismatch(directory: Path) -> str | None:
+    """What in config.json contradicts the stored embedding (another model's config), or None."""
+    raw = read_json(directory / "config.json")
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    shape = _embedding_shape(directory)
+    if shape is None or len(shape) != 2:
+        return None
+    vocab = text.get("vocab_size")  # (only the vocabulary: some models project a narrower embedding)
+    if isinstance(vocab, int) and vocab != shape[0]:
+        return f"its weights hold a {shape[0]}-token embedding but config.json says vocab_size {vocab}"
     return None
 
 
 def load_target_checked(path: str | Path, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Any:
-    """`load_target`, after checking the weight files are whole, with weights that do not fit the config
-    (another model's config.json, a vocabulary resized on one side only) named in one line."""
+    """`load_target`, after checking the weight files are whole and fit the config (another model's
+    config.json, a vocabulary resized on one side only), each named in one line."""
     from dspark.targets import load_target
 
     local = Path(path).expanduser()
+    detail = None
     if local.is_dir():
         check_weight_files(local)
-    try:
-        return load_target(path, dtype=dtype, device=device)
-    except RuntimeError as exc:
-        if not local.is_dir() or "mismatch" not in str(exc).lower():
-            raise
-        vocab = read_json(local / "config.json").get("vocab_size")
-        rows = _embedding_rows(local)
-        detail = (f"its weights hold a {rows}-token embedding but config.json says vocab_size {vocab}"
-                  if rows is not None and vocab is not None and rows != vocab else
-                  "its weights have other shapes than its config.json describes")
-        raise CheckpointError(f"target {str(path)!r} is inconsistent: {detail}; the weights and the config come "
-                              "from different models (use the config.json saved with these weights)") from None
+        detail = _config_mismatch(local) if (local / "config.json").is_file() else None
+    if detail is None:
+        try:
+            return load_target(path, dtype=dtype, device=device)
+        except RuntimeError as exc:
+            if not local.is_dir() or "mismatch" not in str(exc).lower():
+                raise
+            detail = "its weights have other shapes than its config.json describes"
+    raise CheckpointError(f"target {str(path)!r} is inconsistent: {detail}; the weights and the config come "
+                          "from different models (use the config.json saved with these weights)")

@@ -104,7 +104,10 @@ def check_resume(ckpt: Path, state: dict[str, Any], cfg: TrainConfig, identity: 
     diffs = [f"{key}: {saved.get(key, defaults[key])!r} in the checkpoint, {value!r} now"
              for key, value in now.items() if key not in MAY_CHANGE and saved.get(key, defaults[key]) != value]
     for key, value in identity.items():
-        if key in state and state[key] != value:
+        if key == "target_fingerprint" and key in state and state[key] != value:
+            diffs.append(f"target: the checkpoint was trained for {saved.get('target', '?')!r} (fingerprint "
+                         f"{str(state[key])[:12]}…), this run's target is {cfg.target!r} ({value[:12]}…)")
+        elif key in state and state[key] != value:
             diffs.append(f"{key.replace('_', ' ')}: {str(state[key])[:20]}… in the checkpoint, {value[:20]}… now")
         elif key not in state:  # written before fingerprints: the paths are all there is to compare
             path_key = "target" if key == "target_fingerprint" else ("cache" if cfg.cache else "data")
