@@ -75,7 +75,7 @@ def test_every_policy_matches_transformers(weak, policy):
 def test_preemption_and_prefix_hits_keep_greedy_output(weak, runner):
     target, f, eos, oracle = weak
     drafter = taught_drafter(target, f, "eagle3", {})
-    llm = LLM(target, drafter, runner=runner, page_size=4, num_pages=24, max_num_seqs=6, max_num_batched_tokens=48,
+    llm = LLM(target, drafter, runner=runner, page_size=4, num_pages=16, max_num_seqs=6, max_num_batched_tokens=48,
               eos_token_ids=(eos,))
     check(run_staggered(llm, eos), oracle)
     assert llm.scheduler.num_preemptions > 0
