@@ -21,7 +21,7 @@ import httpx
 
 MODEL = "tiny-target"
 # Small engine for 2 shared CPU cores: a short context and pool keep start-up and memory low.
-BASE_ARGS = ["--torch-threads", "1", "--max-model-len", "512", "--num-pages", "1024"]
+BASE_ARGS = ["--torch-threads", "1", "--policy", "fixed:7", "--max-model-len", "512", "--num-pages", "1024"]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DSPARK_API_KEY": ""}
 
 

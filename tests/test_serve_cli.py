@@ -48,12 +48,15 @@ def test_conflicting_model_flags():
         plan("--draft", "/d", "--speculative-config", '{"model": "/e"}')
 
 
-def test_adaptive_policy_without_sps_is_one_line(capsys):
-    spec = json.dumps({"method": "dspark", "model": str(DEFAULT_DRAFT), "enable_adaptive_verification": True})
-    assert main(["serve", str(DEFAULT_TARGET), "--speculative-config", spec, "--max-model-len", "64", "--num-pages",
-                 "16"]) == 2
+@pytest.mark.parametrize("spec, message", [
+    ({"method": "dspark", "num_speculative_tokens": 99}, "more than the drafter proposes"),
+    ({"method": "eagle3", "num_speculative_tokens": 2}, "is a 'dspark' drafter"),
+])
+def test_speculative_config_that_does_not_fit_the_drafter_is_one_line(capsys, spec, message):
+    spec = json.dumps({**spec, "model": str(DEFAULT_DRAFT)})
+    assert main(["serve", str(DEFAULT_TARGET), "--speculative-config", spec, "--max-model-len", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "SPS table" in err[0]
+    assert len(err) == 1 and message in err[0], err
 
 
 @pytest.mark.parametrize("argv, module, hint", [

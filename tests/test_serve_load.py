@@ -1,6 +1,6 @@
 """`dspark serve` under load: 200 concurrent streaming requests over loopback, nothing lost, /health answering.
 
-Short requests (4 tokens, `ignore_eos`) so the whole load runs in well under a minute on 2 slow cores;
+Short requests (8 tokens, `ignore_eos`) so the whole load runs in well under a minute on 2 slow cores;
 the figures (p50/p99 latency, duration) are printed (`pytest -s`) for the record.
 """
 
@@ -16,7 +16,7 @@ from dspark.serve.bench import run_level, summarize
 from helpers_serve import MODEL, shared_server, wait_idle
 
 NUM_REQUESTS = 200
-MAX_TOKENS = 4
+MAX_TOKENS = 8
 PROMPTS = ["def add(a, b):", "import os", "class Stack:", "Hello, how are you?", "for i in range(10):"]
 
 

@@ -1,12 +1,13 @@
 """`dspark serve`: an OpenAI-compatible server on the engine (FastAPI + uvicorn, the `[serve]` extra).
 
     dspark serve                                              # embedded tiny model, http://127.0.0.1:8000/v1
-    dspark serve --model DIR --draft DIR --policy dspark-async+gate --sps sps.json --api-key KEY
+    dspark serve --model DIR --draft DIR --policy dspark-async+gate --api-key KEY     # SPS table profiled at start
     dspark serve DIR --speculative-config '{"method":"dspark","model":"DRAFT","num_speculative_tokens":7}'
 
 The last form is vLLM's spelling: a `vllm serve` command line works with `vllm serve` replaced by
-`dspark serve`. `enable_adaptive_verification: true` there selects `--policy dspark-async+gate`
-(which needs `--sps` until the engine profiles at start). Binds 127.0.0.1 unless `--host` says
+`dspark serve`. `enable_adaptive_verification: true` there selects `--policy dspark-async+gate`; its
+SPS table comes from `--sps FILE` or is profiled by the engine at the first start (then cached). The
+default policy is the engine's: `fixed:γ` with a drafter, `none` without. Binds 127.0.0.1 unless `--host` says
 otherwise; `--api-key` (or DSPARK_API_KEY) guards every route but /health; SIGTERM drains and exits 0.
 """
 
@@ -39,8 +40,10 @@ def add_arguments_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-config", help="vLLM-style JSON: {\"method\": \"dspark\", \"model\": DIR, "
                                                      "\"num_speculative_tokens\": K, \"enable_adaptive_verification\": B}")
     parser.add_argument("--no-draft", action="store_true", help="plain decoding, even with the embedded model")
-    parser.add_argument("--policy", help="verification-length policy (fixed:K, dspark, dspark-async, POLICY+gate, none)")
-    parser.add_argument("--sps", help="SPS table JSON for dspark / dspark-async / +gate (see `dspark profile`)")
+    parser.add_argument("--policy", help="verification-length policy (fixed:K, dspark, dspark-async, POLICY+gate, none; "
+                                         "default fixed:γ with a drafter)")
+    parser.add_argument("--sps", help="SPS table JSON for dspark / dspark-async / +gate (default: profiled at the "
+                                      "first start and cached)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get("DSPARK_API_KEY"),

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from dspark.serve.auth import bearer_check
 from dspark.serve.engine_loop import EngineLoop, Event, Job
@@ -48,10 +49,13 @@ async def read_json(request: Request, model: type[M]) -> M:
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise APIError(413, f"request body of {declared} bytes is over the limit of {MAX_BODY_BYTES}", code="too_large")
     body = bytearray()
-    async for piece in request.stream():
-        body += piece
-        if len(body) > MAX_BODY_BYTES:
-            raise APIError(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes", code="too_large")
+    try:
+        async for piece in request.stream():
+            body += piece
+            if len(body) > MAX_BODY_BYTES:
+                raise APIError(413, f"request body is over the limit of {MAX_BODY_BYTES} bytes", code="too_large")
+    except ClientDisconnect as exc:  # gone while sending its body: nobody reads the answer
+        raise bad_request("the client disconnected while sending the request", None, "client_disconnected") from exc
     try:
         data = json.loads(bytes(body))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
