@@ -63,3 +63,22 @@ def test_every_stop_id_of_the_target_ends_generation(tmp_path):
     assert vocab["<|im_end|>"] in stops and vocab["<|endoftext|>"] in stops
     llm = LLM(target, None)
     assert llm.eos_token_ids == stops
+
+
+def test_stop_strings_cut_the_text_and_finish_the_request():
+    from dspark import load_drafter, load_target
+
+    target = load_target("src/dspark/assets/tiny-target")
+    drafter = load_drafter("src/dspark/assets/tiny-dspark", target=target)
+    ids = target.tokenizer("def fibonacci(n):\n    ", add_special_tokens=False)["input_ids"]
+    llm = LLM(target, drafter)
+    full = llm.generate([ids], 48, temperature=0.0, ignore_eos=True)[0].text
+    stop = full[10:14]
+    assert stop and full.find(stop) == 10
+    rid = llm.add_request(ids, SamplingOptions(48, temperature=0.0, ignore_eos=True, stop=(stop,)))
+    outs = []
+    while llm.has_unfinished():
+        outs += [o for o in llm.step() if o.request_id == rid]
+    assert outs[-1].finished and outs[-1].finish_reason == "stop"
+    assert outs[-1].text == full[:10]
+    assert llm.blocks.num_used == 0
