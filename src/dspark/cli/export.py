@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from dspark.cli.cache import parse_size
 from dspark.cli.common import DEFAULT_TARGET, add_output_dir_argument, dtype_name
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights' dtype; auto: as the source stores them")
     parser.add_argument("--lean", action="store_true", help="leave out the embedding / LM head (the engine takes "
                                                           "them from the target); default: write them")
-    parser.add_argument("--max-shard-size", default="5G", help="shard the weights above this size (e.g. 5G, 500M)")
+    parser.add_argument("--max-shard-size", default="5G", type=parse_size,
+                        help="shard the weights above this size (e.g. 5G, 500M)")
     parser.add_argument("--overwrite", action="store_true", help="replace a drafter checkpoint dspark wrote there")
 
 
@@ -67,12 +69,10 @@ def serving_commands(out: Path, config: Any, target: str, fmt: str = "deepspec")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dspark.cli.cache import parse_size
     from dspark.cli.common import load_target_checked
     from dspark.formats import CHECKPOINT, export_drafter, is_lean, read_drafter_config
     from dspark.output_dir import check_output_dir
 
-    max_shard = parse_size(args.max_shard_size)
     check_output_dir(args.out, CHECKPOINT, args.overwrite, flag="--output-dir")  # before anything is loaded
     config, src_fmt = read_drafter_config(args.draft)
     target = load_target_checked(args.target, "float32", "cpu") if args.target else None
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                           f"its target model{hint}, or --lean to export it lean")
     out = export_drafter(args.draft, args.out, args.format, overwrite=args.overwrite, target=target,
                          dtype=None if args.dtype == "auto" else args.dtype, lean=args.lean,
-                         max_shard_bytes=max_shard, flag="--output-dir")
+                         max_shard_bytes=args.max_shard_size, flag="--output-dir")
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"exported {config.method} drafter ({src_fmt} -> {args.format}{', lean' if args.lean else ''}) to {out}: "
           f"{', '.join(files)}")

@@ -43,6 +43,7 @@ CHECKS: dict[str, Range | Callable[[str, Any], None]] = {
     "max_length": TOKENS,
     "min_loss_tokens": NON_NEGATIVE,
     "max_shard_bytes": AT_LEAST_ONE,
+    "max_shard_size": AT_LEAST_ONE,
     "num_tokens": AT_LEAST_ONE,
     "num_samples": AT_LEAST_ONE,
     "last_hidden_fraction": FRACTION,
