@@ -43,6 +43,21 @@ def test_openai_client_with_wrong_and_right_key(server):
         assert good.chat.completions.create(**BODY).choices[0].message.content
 
 
+def test_regenerate_sends_the_key_from_the_environment(server, tmp_path, monkeypatch, capsys):
+    from dspark.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"turns": ["def add(a, b):"]}) + "\n" + json.dumps({"turns": ["import os"]}) + "\n")
+    argv = ["data", "regenerate", "--endpoint", server.url + "/v1", "--input", str(prompts), "--max-new-tokens", "8",
+            "--concurrency", "2", "--retries", "0", "--model", MODEL]
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("DSPARK_API_KEY", "wrong")
+    assert main(argv + ["--output", str(tmp_path / "refused.jsonl")]) == 1  # every sample failed: 401
+    monkeypatch.setenv("DSPARK_API_KEY", KEY)
+    assert main(argv + ["--output", str(tmp_path / "ok.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completed"] == 2
+
+
 async def _flood(url: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=120.0, headers=AUTH, limits=httpx.Limits(max_connections=n)) as client:
         return await asyncio.gather(*(client.post(url + "/v1/chat/completions", json=BODY) for _ in range(n)))

@@ -9,13 +9,15 @@
   `dspark serve`) through `httpx`, `concurrency` conversations in flight, each request retried on
   transport errors, timeouts, 408/409/429 and 5xx with exponential backoff (honouring `Retry-After`);
   other 4xx fail the sample at once. `top_k`, `seed` and `chat_template_kwargs` are sent as the
-  extra fields vLLM and SGLang accept.
+  extra fields vLLM and SGLang accept. A key in `$DSPARK_API_KEY` (else `$OPENAI_API_KEY`) is sent as
+  `Authorization: Bearer KEY` (for `dspark serve --api-key`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -138,7 +140,9 @@ class EndpointBackend:
         import httpx
 
         limits = httpx.Limits(max_connections=self.options.concurrency)
-        async with httpx.AsyncClient(timeout=self.options.timeout, limits=limits) as client:
+        key = os.environ.get("DSPARK_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with httpx.AsyncClient(timeout=self.options.timeout, limits=limits, headers=headers) as client:
             if self.model is None:
                 self.model = await self._discover_model(client)
             pending = iter(jobs)  # shared by the workers; next() never yields control, so no job runs twice
