@@ -7,6 +7,7 @@ import pytest
 
 from dspark.engine.llm import LLM
 from dspark.engine.options import SamplingOptions
+from dspark.errors import DSparkError
 from dspark.scheduling import SPSTable
 from engine_helpers import DRAFTERS, hf_greedy, taught_drafter, weak_bigram_target
 
@@ -119,6 +120,12 @@ def test_abort_frees_pages_and_others_continue(weak):
     assert llm.result(gone).finish_reason == "abort"
     assert llm.result(keep).token_ids == oracle[1]
     assert llm.blocks.num_used == 0
+    stats = llm.stats()
+    assert stats.running == stats.waiting == stats.pages_used == 0 and stats.steps > 0 and stats.rows_planned > 0
+    llm.release(gone)
+    assert gone not in llm.scheduler.requests
+    with pytest.raises(DSparkError, match="max_model_len"):
+        llm.check_request(PROMPTS[0] * 40, SamplingOptions(8, temperature=0.0))
 
 
 def test_one_host_sync_per_step(weak, monkeypatch):

@@ -136,7 +136,8 @@ def build_llm(args: argparse.Namespace) -> Any:
         options["max_model_len"] = args.max_model_len
     if args.num_pages is not None:
         options["num_pages"] = args.num_pages
-    llm = LLM(target, drafter, policy=policy, sps=args.sps, runner=args.runner, dtype=dtype, device=device, **options)
+    llm = LLM(target, drafter, policy=policy, sps=args.sps, runner=args.runner, dtype=dtype, device=device,
+              detokenize=False, **options)
     return llm, target_path, draft_path
 
 

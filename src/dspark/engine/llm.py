@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,11 +64,27 @@ def _page_bytes(target: TargetModel, drafter: Drafter | None, page_size: int) ->
     return size * page_size
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    pages_used: int
+    pages_total: int
+    steps: int
+    prefix_hit_pages: int
+    preemptions: int
+    rounds_planned: int  # steps whose verify lengths the policy chose
+    rows_planned: int  # request-rounds planned (mean verify length = tokens_planned / rows_planned)
+    tokens_planned: int
+    rounds_skipped: int  # rounds the draft gate ran plain
+
+
 class LLM:
     def __init__(self, target: str | Path | TargetModel, drafter: str | Path | Drafter | None = None, *,
                  policy: str | Planner | None = None, sps: SPSTable | str | Path | None = None, runner: str = "auto",
-                 dtype: str = "float32", device: str = "cpu", **options: object) -> None:
+                 dtype: str = "float32", device: str = "cpu", detokenize: bool = True, **options: object) -> None:
         self.target, self.drafter = _load(target, drafter, dtype, device)
+        self.detokenize = detokenize  # decode the output text every step (off: a server detokenizes itself)
         self.num_drafts = self.drafter.config.num_drafts if self.drafter is not None else 0
         unknown = set(options) - set(EngineConfig.__dataclass_fields__)
         if unknown:
@@ -137,9 +154,9 @@ class LLM:
         return planner
 
     # ------------------------------------------------------------------------------ requests
-    def add_request(self, prompt_ids: list[int], options: SamplingOptions | None = None, request_id: str | None = None) -> str:
-        options = options or SamplingOptions()
-        prompt_ids = [int(t) for t in prompt_ids]
+    def check_request(self, prompt_ids: list[int], options: SamplingOptions) -> None:
+        """Raise `DSparkError` for a request `add_request` would refuse. Reads only constants, so another
+        thread (a server's request handler) may call it while the engine steps."""
         if not prompt_ids:
             raise DSparkError("the prompt is empty")
         bad = [t for t in prompt_ids if not 0 <= t < self.target.vocab_size]
@@ -150,6 +167,11 @@ class LLM:
         if self.blocks.pages_for(min(len(prompt_ids) + options.max_tokens, self.max_model_len) + self.num_drafts + 1) > self.blocks.num_pages - 1:
             raise DSparkError(f"prompt + max_tokens ({len(prompt_ids)} + {options.max_tokens}) needs more KV pages than the "
                               f"pool has ({self.blocks.num_pages - 1} x {self.blocks.page_size}); raise num_pages")
+
+    def add_request(self, prompt_ids: list[int], options: SamplingOptions | None = None, request_id: str | None = None) -> str:
+        options = options or SamplingOptions()
+        prompt_ids = [int(t) for t in prompt_ids]
+        self.check_request(prompt_ids, options)
         req_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if req_id in self.scheduler.requests and not self.scheduler.requests[req_id].finished:
             raise DSparkError(f"request id {req_id!r} is already running")
@@ -160,7 +182,25 @@ class LLM:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its pages; False if it is unknown or already finished."""
+        self._reported.pop(request_id, None)
         return self.scheduler.finish(request_id, "abort")
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request (a server calls this once it has sent the result; `result()` is gone then)."""
+        req = self.scheduler.requests.get(request_id)
+        if req is not None and not req.finished:
+            raise DSparkError(f"request {request_id!r} is still running: abort it first")
+        self.scheduler.requests.pop(request_id, None)
+        self._reported.pop(request_id, None)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's load and speculation counters (for metrics endpoints)."""
+        planner = self.planner
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), self.blocks.num_used,
+                           self.blocks.num_pages - 1, self.scheduler.step_index, self.blocks.hits,
+                           self.scheduler.num_preemptions, getattr(planner, "rounds_planned", 0),
+                           getattr(planner, "rows_planned", 0), getattr(planner, "tokens_planned", 0),
+                           getattr(planner, "rounds_skipped", 0))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -174,7 +214,7 @@ class LLM:
     def _output(self, req: Request) -> RequestOutput:
         text = None
         tok = self.target.tokenizer
-        if tok is not None:
+        if tok is not None and (self.detokenize or req.options.stop):
             text = tok.decode(req.output_ids)
             cut = min((i for i in (text.find(s) for s in req.options.stop) if i >= 0), default=-1)
             if cut >= 0:

@@ -255,7 +255,7 @@ class EngineLoop:
 
     def _forget(self, request_id: str) -> None:
         # The engine keeps finished requests for `LLM.result`; a server must not (memory grows per request).
-        self.llm.scheduler.requests.pop(request_id, None)
+        self.llm.release(request_id)
 
     def _step(self) -> None:
         try:
@@ -324,16 +324,13 @@ class EngineLoop:
         m = self.metrics
         if m is None:
             return
-        sched, blocks, planner = self.llm.scheduler, self.llm.blocks, self.llm.planner
-        m.running.set(len(sched.running))
-        m.waiting.set(len(sched.waiting))
-        total = blocks.num_pages - 1
-        m.kv_pages_used.set(blocks.num_used)
-        m.kv_pages_total.set(total)
-        m.kv_usage.set(blocks.num_used / total if total else 0.0)
-        rows = getattr(planner, "rows_planned", 0)
-        if rows:
-            m.mean_verify_len.set(getattr(planner, "tokens_planned", 0) / rows)
-        steps = getattr(sched, "step_index", 0)
-        if steps:
-            m.gate_skip_share.set(getattr(planner, "rounds_skipped", 0) / steps)
+        st = self.llm.stats()
+        m.running.set(st.running)
+        m.waiting.set(st.waiting)
+        m.kv_pages_used.set(st.pages_used)
+        m.kv_pages_total.set(st.pages_total)
+        m.kv_usage.set(st.pages_used / st.pages_total if st.pages_total else 0.0)
+        if st.rows_planned:
+            m.mean_verify_len.set(st.tokens_planned / st.rows_planned)
+        if st.steps:
+            m.gate_skip_share.set(st.rounds_skipped / st.steps)
