@@ -48,7 +48,7 @@ def test_bench_tau_times_plain_decoding_beside_the_drafter(tmp_path: Path) -> No
 
 
 def test_bench_tau_runs_policies_with_a_profiled_table(tmp_path: Path) -> None:
-    """`dspark profile` writes a loadable table with a draft cost; bench_tau runs dspark+gate with it."""
+    """`dspark profile` (the engine's own steps) writes a loadable table with a draft cost; bench_tau runs dspark+gate with it."""
     from dspark.scheduling import SPSTable
 
     sps = tmp_path / "sps.json"
@@ -57,7 +57,8 @@ def test_bench_tau_runs_policies_with_a_profiled_table(tmp_path: Path) -> None:
          "--context", "8", "--repeats", "1", "--warmup", "0", "--round-tokens", "8"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
     summary = json.loads(out.strip().splitlines()[-1])
     table = SPSTable.load(sps)
-    assert table.tokens == [1, 2, 3, 6] and table.has_draft_cost and table.monotone and summary["points"] == 4
+    # the widths asked for, plus γ+1 (the drafted step's verify width, which the draft cost needs)
+    assert table.tokens == [1, 2, 3, 6, 8, 16] and table.has_draft_cost and table.monotone and summary["points"] == 6
     assert {r["requests"] for r in summary["rows"] if "draft_seconds" in r} == {1, 2}
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"input_ids": [11 + i, 40, 41, 42]}) + "\n" for i in range(2)))
