@@ -48,3 +48,11 @@ def hf_greedy(target, prompt: list[int], max_new_tokens: int, eos: int | None = 
     if eos is not None and eos in ids:
         ids = ids[: ids.index(eos) + 1]
     return ids
+
+
+def run_one(llm, prompt: list[int], opts) -> str:
+    """Add one request and step the engine until everything has finished; returns its id."""
+    rid = llm.add_request(prompt, opts)
+    while llm.has_unfinished():
+        llm.step()
+    return rid

@@ -9,7 +9,7 @@ from dspark.engine.llm import LLM
 from dspark.engine.options import SamplingOptions
 from dspark.errors import DSparkError
 from dspark.scheduling import SPSTable
-from engine_helpers import DRAFTERS, hf_greedy, taught_drafter, weak_bigram_target
+from engine_helpers import DRAFTERS, hf_greedy, run_one, taught_drafter, weak_bigram_target
 
 BASE = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]  # > 2 pages of 8: prefix hits
 PROMPTS = [BASE, [4, 5, 6, 7, 8], [9], BASE + [20, 21, 22], [10, 11, 12, 13], BASE[:9] + [30]]
@@ -91,19 +91,12 @@ def test_prefix_hit_gives_identical_acceptance(weak):
     drafter = taught_drafter(target, f, "dspark", {"markov_head_type": "vanilla"})
     llm = LLM(target, drafter, page_size=4, eos_token_ids=(eos,))
     opts = SamplingOptions(24, temperature=0.0, ignore_eos=True)
-    cold = llm.result(_run_one(llm, PROMPTS[3], opts))
-    warm = llm.result(_run_one(llm, PROMPTS[3], opts))
+    cold = llm.result(run_one(llm, PROMPTS[3], opts))
+    warm = llm.result(run_one(llm, PROMPTS[3], opts))
     assert cold.num_cached_tokens == 0 and warm.num_cached_tokens >= 16
     assert warm.token_ids == cold.token_ids
     assert [r.accepted for r in warm.rounds] == [r.accepted for r in cold.rounds]
     assert [r.draft_ids for r in warm.rounds] == [r.draft_ids for r in cold.rounds]
-
-
-def _run_one(llm: LLM, prompt: list[int], opts: SamplingOptions) -> str:
-    rid = llm.add_request(prompt, opts)
-    while llm.has_unfinished():
-        llm.step()
-    return rid
 
 
 def test_abort_frees_pages_and_others_continue(weak):
@@ -161,7 +154,7 @@ def test_same_seed_same_tokens_alone_or_in_a_batch_of_32(weak):
     drafter = taught_drafter(target, f, "dspark", {"markov_head_type": "vanilla"})
     opts = SamplingOptions(20, temperature=1.0, top_p=0.9, seed=1234, ignore_eos=True)
     alone = LLM(target, drafter, page_size=8)
-    one = alone.result(_run_one(alone, PROMPTS[0], opts))
+    one = alone.result(run_one(alone, PROMPTS[0], opts))
     crowd = LLM(target, drafter, page_size=8, max_num_seqs=32, max_num_batched_tokens=256)
     rng = np.random.default_rng(0)
     ids = []

@@ -10,7 +10,7 @@ from dspark.engine.llm import LLM
 from dspark.engine.options import SamplingOptions
 from dspark.eval.metrics import summarize
 from dspark.eval.traces import trace_from_results
-from engine_helpers import hf_greedy, taught_drafter, weak_bigram_target
+from engine_helpers import hf_greedy, run_one, taught_drafter, weak_bigram_target
 
 
 def deepspec_tau(rounds, output: list[int], stop_ids: set[int]) -> float:
@@ -30,9 +30,9 @@ def test_tau_matches_deepspec_with_budget_cut_and_stop_mid_round(tmp_path):
     greedy = hf_greedy(target, prompt, 40)
     llm = LLM(target, drafter, page_size=8, eos_token_ids=(-1,))
     # (a) the budget ends in the middle of a round; (b) a stop token among accepted drafts ends it
-    cut = llm.result(_run(llm, prompt, SamplingOptions(13, temperature=0.0)))
+    cut = llm.result(run_one(llm, prompt, SamplingOptions(13, temperature=0.0)))
     stop = greedy[20]
-    mid = llm.result(_run(llm, prompt, SamplingOptions(40, temperature=0.0, stop_token_ids=(stop,))))
+    mid = llm.result(run_one(llm, prompt, SamplingOptions(40, temperature=0.0, stop_token_ids=(stop,))))
     assert cut.token_ids == greedy[:13] and mid.token_ids[-1] == stop
     assert sum(r.committed for r in cut.rounds) + 1 == 13
     last = cut.rounds[-1]
@@ -44,13 +44,6 @@ def test_tau_matches_deepspec_with_budget_cut_and_stop_mid_round(tmp_path):
         assert abs(summarize([res], drafter.config.num_drafts)["tau"] - expected) < 1e-12
         trace = trace_from_results([res], drafter.config.num_drafts, "d", "x", [0])
         assert abs(trace.tau_tokens().mean() - expected) < 1e-12
-
-
-def _run(llm: LLM, prompt: list[int], opts: SamplingOptions) -> str:
-    rid = llm.add_request(prompt, opts)
-    while llm.has_unfinished():
-        llm.step()
-    return rid
 
 
 def test_every_stop_id_of_the_target_ends_generation(tmp_path):
