@@ -118,18 +118,18 @@ class Runner:
 
     def _waiting_drafts(self, seqs, verify_rows: list[int], k: int, vocab: int
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = len(verify_rows)
-        ids = torch.zeros(rows, k, dtype=torch.long, device=self.device)
-        probs = torch.zeros(rows, k, vocab, dtype=torch.float32, device=self.device)
-        num_verify = torch.zeros(rows, dtype=torch.long, device=self.device)
-        for i, b in enumerate(verify_rows):
-            seq, st = seqs[b], self.states[seqs[b].req_id]
-            ell = seq.num_verify
-            if ell:
-                ids[i, :ell] = torch.tensor(st.draft_ids[:ell], device=self.device)
-                probs[i, :ell] = st.draft_probs[:ell]
-                num_verify[i] = ell
-        return ids, probs, num_verify
+        """The drafts each verify row checks, padded to k: ids [Rv, k], exact distributions [Rv, k, V], ℓ [Rv].
+
+        Slots past a row's ℓ hold whatever its proposal had (or zeros): `rejection_sample` never reads them.
+        """
+        states = [self.states[seqs[b].req_id] for b in verify_rows]
+        num_verify = [seqs[b].num_verify for b in verify_rows]
+        ids = [(st.draft_ids[:n] + [0] * k)[:k] for st, n in zip(states, num_verify)]
+        empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
+        probs = [st.draft_probs if n and st.draft_probs is not None else empty for st, n in zip(states, num_verify)]
+        stacked = torch.stack(probs)[:, :k] if probs else torch.zeros(0, k, vocab, device=self.device)
+        return (torch.tensor(ids, dtype=torch.long, device=self.device).view(len(verify_rows), k), stacked,
+                torch.tensor(num_verify, dtype=torch.long, device=self.device))
 
     # ------------------------------------------------------------------------------ execute
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
