@@ -18,6 +18,9 @@ and Qwen3-8B shapes, no downloads):
   confidence head, sampling with exact probabilities; 5 layers, rank 256, γ = 7, vocab 151,936) on the
   4B shape, eager and captured in a CUDA graph, as a share of the 4B decode step at the same batch.
 Prints a table, then ONE JSON line (also written to DIR/bench_engine.json with --out).
+`--sps-plot PATH` also draws the measured steps as SPS tables (per model: decode and verify-q curves per
+context, the drafter's proposal as the 4B verify8 table's draft cost) next to the analytic roofline
+table of `dspark.scheduling` (H200 planning figures), one PNG per model: PATH-<model>.png.
 """
 
 from __future__ import annotations
@@ -370,6 +373,65 @@ def print_table(rows: list[dict], drafts: list[dict], bandwidth: float, flops_ra
               f"  {r.get('error', r.get('graph_error', ''))[:60]}")
 
 
+def sps_tables(rows: list[dict], drafts: list[dict], model: str) -> dict:
+    """The measured steps of `model` as `SPSTable`s (label -> table) beside the roofline's, per context and case.
+
+    Measured: tokens per step B = batch x q_len -> 1 / step time, one table per (case, context); the
+    drafter's proposal (graphed, else eager) is the draft cost of the verify-(γ+1) tables at its context.
+    Roofline: `roofline_table("h200", model, context_len=ctx)` (DSpark drafter for the 4B shape) read at
+    the same shape, R requests of q tokens: verify time(q·R) + its KV reads request_time(R), so both
+    curves count the same bytes; its draft cost beside the measured one.
+    """
+    import numpy as np
+
+    from dspark.scheduling import MODELS, SPSTable, roofline_table
+
+    mine = [r for r in rows if r.get("model") == model and "step_ms" in r]
+    draft = {}
+    for r in drafts:
+        ms = r.get("graph_ms", r.get("eager_ms"))
+        if ms is not None:
+            draft.setdefault(r["context"], {})[r["batch"]] = ms * 1e-3
+    tables = {}
+    for ctx in sorted({r["context"] for r in mine}):
+        here = [r for r in mine if r["context"] == ctx]
+        max_req = 2 * max(r["batch"] for r in here)
+        roof = None
+        if model in MODELS:
+            roof = roofline_table("h200", model, context_len=ctx, drafter="dspark" if model == "qwen3-4b" else None,
+                                  max_tokens=max_req * max(r["q_len"] for r in here), max_requests=max_req)
+        for case in sorted({r["case"] for r in here}, key=lambda c: (c != "decode", c)):
+            pts = {r["batch"] * r["q_len"]: r["step_ms"] * 1e-3 for r in here if r["case"] == case}
+            q = next(r["q_len"] for r in here if r["case"] == case)
+            drafted = case == f"verify{GAMMA + 1}" and model == "qwen3-4b"
+            tables[f"{case} ctx {ctx}"] = SPSTable(sorted(pts), [1 / pts[b] for b in sorted(pts)],
+                                                   (draft.get(ctx) or None) if drafted else None,
+                                                   meta={"source": "bench_engine (GraphedDenseTarget.forward)"})
+            if roof is not None:
+                req = np.arange(1, max_req + 1, dtype=np.float64)
+                seconds = roof.step_time(q * req) + roof.request_time(req)
+                cost = (req.astype(int).tolist(), roof.draft_time(req).tolist()) if drafted and roof.has_draft_cost else None
+                tables[f"roofline {case} ctx {ctx}"] = SPSTable((q * req).astype(int).tolist(), (1 / seconds).tolist(), cost,
+                                                                meta={"source": "roofline (h200 planning, KV reads included)"})
+    return tables
+
+
+def write_sps_plots(path: str, rows: list[dict], drafts: list[dict], device: str) -> list[str]:
+    """One PNG per model (`PATH-<model>.png`) of `sps_tables`; returns the paths written."""
+    from pathlib import Path
+
+    from dspark.scheduling.plots import plot_sps
+
+    out = []
+    base = Path(path)
+    for model in dict.fromkeys(r["model"] for r in rows if "step_ms" in r):
+        tables = sps_tables(rows, drafts, model)
+        target = base.with_name(f"{base.stem}-{model}{base.suffix or '.png'}")
+        plot_sps(tables, target, title=f"{model} (random bf16 weights), measured on {device} vs roofline (h200 planning)")
+        out.append(str(target))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
@@ -383,6 +445,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sps-plot", default=None, metavar="PATH",
+                    help="PNG of the measured steps as SPS tables beside the roofline table (PATH-<model>.png)")
     args = ap.parse_args()
     import triton
 
@@ -412,11 +476,13 @@ def main() -> None:
             print(f"{r['model']:<10}{r['case']:<9}{r['batch']:>4}{r['context']:>6}{r['weights_floor_ms']:>14.3f}"
                   f"{r.get('gemm_only_ms_cublas', nan):>12.3f}{r.get('step_ms_cublas', nan):>12.3f}"
                   f"{r.get('gemm_only_ms_cublaslt', nan):>9.3f}{r.get('step_ms_cublaslt', nan):>9.3f}")
+    plots = write_sps_plots(args.sps_plot, rows, drafts, torch.cuda.get_device_name(0)) if args.sps_plot else []
     result = {"bench": "engine_target_step", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(), "copy_bandwidth_Bps": bandwidth,
               "bf16_matmul_flops": flops_rate, "page_size": PAGE, "gamma": GAMMA, "seconds": time.time() - t0,
               "graphed": "target: whole forward incl. LM head, features; drafter: drafter.draft (absorb not timed)",
-              "config": vars(args), "target": rows, "drafter": drafts, "diagnostics": diag}
+              "config": vars(args), "target": rows, "drafter": drafts, "diagnostics": diag,
+              "sps_plots": plots}
     line = json.dumps(result)
     if args.out:
         from pathlib import Path
