@@ -91,6 +91,24 @@ def rejection_sample(
     return _assemble(draft_ids, num_accepted, last_ids), num_accepted
 
 
+def forced_accept(
+    draft_ids: torch.Tensor,  # [R, K] long
+    target_probs: torch.Tensor,  # [R, K+1, V] float32
+    num_accepted: torch.Tensor,  # [R] long, 0..K, decided elsewhere (synthetic acceptance)
+    uniforms: torch.Tensor,  # [R, >=1]: the LAST column draws the final token
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Benchmarks only, NOT lossless: accept the first `num_accepted` drafts whatever the target says.
+
+    The final token is drawn from the target's distribution at the slot after them, so a step costs
+    what a real one costs; `(output_ids [R, K+1], num_accepted [R])` as `rejection_sample` returns.
+    """
+    num_rows = draft_ids.shape[0]
+    num_accepted = num_accepted.to(draft_ids.device).long()
+    p_last = target_probs[torch.arange(num_rows, device=draft_ids.device), num_accepted]  # [R, V]
+    last_ids = sample_from(p_last, uniforms=uniforms[:, -1])
+    return _assemble(draft_ids.long(), num_accepted, last_ids), num_accepted
+
+
 def greedy_verify(
     draft_ids: torch.Tensor,  # [R, K] long
     target_ids: torch.Tensor,  # [R, K+1] long: argmax of the target after the anchor and each draft

@@ -203,12 +203,24 @@ class GraphedDenseTarget:
         n, m = batch.num_tokens, int(batch.logits_indices.shape[0])
         return TargetOutput(out.logits[:m], None if out.features is None else out.features[:n], out.last_hidden[:n])
 
+    def static_buffers(self) -> _StaticBuffers:
+        """The input buffers every graph reads (`dspark.engine.graphed_step` captures over them too)."""
+        if self._static is None:
+            self._static = _StaticBuffers(self.sizes[-1], self.max_pages, self.device)
+        return self._static
+
+    def graph_pool(self):
+        """The memory pool shared by every graph captured over this target (None before the first)."""
+        return self._pool
+
+    def keep_pool(self, pool) -> None:
+        if self._pool is None:
+            self._pool = pool
+
     @torch.no_grad()
     def capture(self, key: GraphKey) -> _Captured:
         """Capture (or, in `replay_eagerly` mode, only prepare) the graph of `key`."""
-        if self._static is None:
-            self._static = _StaticBuffers(self.sizes[-1], self.max_pages, self.device)
-        batch = self._static.batch(key)
+        batch = self.static_buffers().batch(key)
         ids = None if key.layer_ids is None else list(key.layer_ids)
         if not self.use_graphs:
             entry = _Captured(batch, DenseOutput(torch.empty(0), torch.empty(0), None), None)
@@ -224,8 +236,7 @@ class GraphedDenseTarget:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             out = self.model(batch, self.kv, ids)
-        if self._pool is None:
-            self._pool = graph.pool()
+        self.keep_pool(graph.pool())
         entry = _Captured(batch, out, graph)
         self.graphs[key] = entry
         return entry

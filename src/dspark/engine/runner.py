@@ -12,7 +12,9 @@ The drafter's context K/V always live in a `PagedKVCache` indexed by the schedul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -25,6 +27,21 @@ from dspark.engine.target import TargetForward
 from dspark.sampling import RowParams, SamplingParams
 
 
+StepFn = Callable[[StepPlan], StepResult]
+
+
+class SyntheticAcceptance(Protocol):
+    """Benchmark-only acceptance (`dspark.engine.synthetic`): forced accepted counts, model confidences. NOT lossless."""
+
+    label: str
+
+    def propose(self, req_ids: list[str]) -> list[list[float]]: ...
+
+    def accepted(self, req_id: str, num_verify: int) -> int: ...
+
+    def release(self, req_id: str) -> None: ...
+
+
 @dataclass
 class _ReqState:
     params: SamplingParams
@@ -33,9 +50,48 @@ class _ReqState:
     draft_probs: torch.Tensor | None = None  # [γ, V] exact distributions of the waiting drafts
 
 
+class _Upload:
+    """Integer lists packed into one int64 buffer, sent to the device in one copy, returned as views."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.flat: list[int] = []
+        self.shapes: list[tuple[int, tuple[int, ...]]] = []
+
+    def add(self, values: list, width: int | None = None) -> int:
+        """Queue a 1-D list, or a 2-D list of rows of `width` items; returns its index for `send`."""
+        start = len(self.flat)
+        if width is None:
+            self.flat += values
+            shape: tuple[int, ...] = (len(values),)
+        else:
+            for row in values:
+                self.flat += row
+            shape = (len(values), width)
+        self.shapes.append((start, shape))
+        return len(self.shapes) - 1
+
+    def send(self) -> list[torch.Tensor]:
+        packed = torch.tensor(self.flat, dtype=torch.long)
+        if self.device.type == "cuda":
+            packed = packed.pin_memory().to(self.device, non_blocking=True)
+        else:
+            packed = packed.to(self.device)
+        out = []
+        for start, shape in self.shapes:
+            n = 1
+            for d in shape:
+                n *= d
+            out.append(packed[start:start + n].view(shape))
+        return out
+
+
 class Runner:
-    def __init__(self, target: TargetForward, drafter: Drafter | None, num_pages: int, page_size: int) -> None:
+    def __init__(self, target: TargetForward, drafter: Drafter | None, num_pages: int, page_size: int,
+                 synthetic: SyntheticAcceptance | None = None, step: StepFn | None = None) -> None:
+        """`synthetic`: benchmark-only acceptance (NOT lossless); `step`: what runs a plan (default `speculative_step`)."""
         self.target, self.drafter = target, drafter
+        self.synthetic = synthetic
         self.device = target.device
         self.page_size = page_size
         self.num_drafts = drafter.config.num_drafts if drafter is not None else 0
@@ -47,6 +103,7 @@ class Runner:
             self.draft_kv = PagedKVCache(drafter.context_layers, num_pages, page_size, c.num_key_value_heads,
                                          c.head_dim, dtype, self.device)
         self.host_syncs = 0  # device -> host reads (one per step by design)
+        self.step: StepFn = step or (lambda plan: speculative_step(plan, self.target, self.drafter, self.draft_kv))
 
     @property
     def supports_prefix_caching(self) -> bool:
@@ -69,8 +126,9 @@ class Runner:
         num_new: list[int] = []
         known_anchor: list[int] = []
         logits_indices: list[int] = []  # flat tokens whose logits are read, in seq order (= logit_rows)
-        width = max(s.num_query for s in seqs)
-        k = max([s.num_verify for s in seqs if not s.prefill] + [0])
+        # verify blocks are padded to γ (and update rows to γ+1), so every decode step of a batch has one shape
+        width = max(max(s.num_query for s in seqs), self.num_drafts + 1)
+        k = self.num_drafts
         for b, seq in enumerate(seqs):
             st = self.states[seq.req_id]
             toks = seq.token_ids + ([] if seq.prefill else st.draft_ids[: seq.num_verify])
@@ -104,44 +162,70 @@ class Runner:
         max_pages = max(-(-(max(ctx) + width) // ps), max(len(s.block_table) for s in seqs), 1)
         tables = [s.block_table + [-1] * (max_pages - len(s.block_table)) for s in seqs]
         update_index = [[min(qstart[b] + w, qstart[b + 1] - 1) for w in range(width)] for b in range(len(seqs))]
-        draft_ids, draft_probs, num_verify = self._waiting_drafts(seqs, verify_rows, k, vocab)
-        tensor = lambda x, dtype=torch.long: torch.tensor(x, dtype=dtype, device=dev)  # noqa: E731
-        batch = FlatBatch(tensor(ids), tensor(pos), tensor(slots), tensor(qstart), tensor(ctx), tensor(tables, torch.int32),
-                          tensor(logits_indices))
-        params = [self.states[s.req_id].params for s in seqs]
         draft_rows = [b for b, s in enumerate(seqs) if out.draft and (not s.prefill or s.final_chunk)]
-        return StepPlan(batch, seqs, RowParams.from_list(params, dev), tensor([self.states[s.req_id].seed for s in seqs]),
-                        tensor([s.rng_counter for s in seqs]), tensor(logit_rows), verify_rows,
-                        tensor(verify_logits).view(len(verify_rows), k + 1), draft_ids, draft_probs, num_verify,
-                        first_rows, tensor(first_logits), tensor(update_index), tensor(next_known), tensor(num_new),
-                        draft_rows, tensor(known_anchor), self.num_drafts, max(ctx))
+        states = [self.states[s.req_id] for s in seqs]
+        forced = None
+        if self.synthetic is not None:
+            forced = [self.synthetic.accepted(seqs[b].req_id, seqs[b].num_verify) for b in verify_rows]
+        draft_ids, num_verify = self._waiting_ids(seqs, verify_rows, k)
+        up = _Upload(dev)  # every integer of the plan in ONE host-to-device copy
+        fields = dict(ids=up.add(ids), pos=up.add(pos), slots=up.add(slots), qstart=up.add(qstart), ctx=up.add(ctx),
+                      tables=up.add(tables, max_pages), logits_indices=up.add(logits_indices),
+                      seeds=up.add([st.seed for st in states]), counters=up.add([s.rng_counter for s in seqs]),
+                      logit_rows=up.add(logit_rows), verify_index=up.add(verify_rows),
+                      verify_logits=up.add(verify_logits, k + 1), draft_ids=up.add(draft_ids, k),
+                      num_verify=up.add(num_verify), first_index=up.add(first_rows), first_logits=up.add(first_logits),
+                      update_index=up.add(update_index, width), next_known=up.add(next_known, width),
+                      num_new=up.add(num_new), draft_index=up.add(draft_rows), known_anchor=up.add(known_anchor),
+                      top_k=up.add([st.params.top_k for st in states]),
+                      forced=up.add(forced if forced is not None else []))
+        t = up.send()
+        f = {name: t[i] for name, i in fields.items()}
+        params = [st.params for st in states]
+        floats = torch.tensor([[p.temperature for p in params], [p.top_p for p in params]], dtype=torch.float32).to(dev)
+        row_params = RowParams(floats[0], f["top_k"], floats[1], max((p.top_k for p in params), default=0),
+                               any(p.top_p < 1.0 for p in params), any(p.greedy for p in params))
+        batch = FlatBatch(f["ids"], f["pos"], f["slots"], f["qstart"], f["ctx"], f["tables"].int(), f["logits_indices"],
+                          max_query_len=max(s.num_query for s in seqs), max_context_len=max(ctx))
+        return StepPlan(batch, seqs, row_params, f["seeds"], f["counters"], f["logit_rows"], verify_rows,
+                        f["verify_index"], f["verify_logits"], draft_ids=f["draft_ids"],
+                        draft_probs=self._waiting_probs(states, verify_rows, num_verify, k, vocab),
+                        num_verify=f["num_verify"], first_rows=first_rows, first_index=f["first_index"],
+                        first_logits=f["first_logits"], update_index=f["update_index"], next_known=f["next_known"],
+                        num_new_host=f["num_new"], draft_rows=draft_rows, draft_index=f["draft_index"],
+                        known_anchor=f["known_anchor"], num_drafts=self.num_drafts, max_context=max(ctx),
+                        forced_accepted=f["forced"] if forced is not None else None)
 
-    def _waiting_drafts(self, seqs, verify_rows: list[int], k: int, vocab: int
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The drafts each verify row checks, padded to k: ids [Rv, k], exact distributions [Rv, k, V], ℓ [Rv].
+    def _waiting_ids(self, seqs, verify_rows: list[int], k: int) -> tuple[list[list[int]], list[int]]:
+        """The drafts each verify row checks, padded to k, and ℓ per row."""
+        num_verify = [seqs[b].num_verify for b in verify_rows]
+        ids = [(self.states[seqs[b].req_id].draft_ids[:n] + [0] * k)[:k] for b, n in zip(verify_rows, num_verify)]
+        return ids, num_verify
+
+    def _waiting_probs(self, states: list[_ReqState], verify_rows: list[int], num_verify: list[int], k: int,
+                       vocab: int) -> torch.Tensor:
+        """Exact distributions of the waiting drafts [Rv, k, V], one stack.
 
         Slots past a row's ℓ hold whatever its proposal had (or zeros): `rejection_sample` never reads them.
         """
-        states = [self.states[seqs[b].req_id] for b in verify_rows]
-        num_verify = [seqs[b].num_verify for b in verify_rows]
-        ids = [(st.draft_ids[:n] + [0] * k)[:k] for st, n in zip(states, num_verify)]
         empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
-        probs = [st.draft_probs if n and st.draft_probs is not None else empty for st, n in zip(states, num_verify)]
-        stacked = torch.stack(probs)[:, :k] if probs else torch.zeros(0, k, vocab, device=self.device)
-        return (torch.tensor(ids, dtype=torch.long, device=self.device).view(len(verify_rows), k), stacked,
-                torch.tensor(num_verify, dtype=torch.long, device=self.device))
+        probs = [states[b].draft_probs if n and states[b].draft_probs is not None else empty
+                 for b, n in zip(verify_rows, num_verify)]
+        return torch.stack(probs)[:, :k] if probs else torch.zeros(0, k, vocab, device=self.device)
 
     # ------------------------------------------------------------------------------ execute
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         for req_id in out.released:
             self.states.pop(req_id, None)
             self.target.release(req_id)
+            if self.synthetic is not None:
+                self.synthetic.release(req_id)
         for new in out.new_requests:
             self.states[new.req_id] = _ReqState(SamplingParams(new.temperature, new.top_k, new.top_p), new.seed, [])
         if not out.seqs:
             return RunnerOutput([])
         plan = self._plan(out)
-        result = speculative_step(plan, self.target, self.drafter, self.draft_kv)
+        result = self.step(plan)
         return self._read_back(plan, result)
 
     def _read_back(self, plan: StepPlan, result: StepResult) -> RunnerOutput:
@@ -167,42 +251,50 @@ class Runner:
         if prop is not None:
             g = self.num_drafts
             ids, conf = flat[: len(plan.draft_rows) * g], flat[len(plan.draft_rows) * g:]
+            if self.synthetic is not None:  # the acceptance model's calibrated predictions replace the head's
+                conf = [c for row in self.synthetic.propose([plan.seqs[b].req_id for b in plan.draft_rows]) for c in row]
             for i, b in enumerate(plan.draft_rows):
                 req_id = plan.seqs[b].req_id
                 st = self.states[req_id]
                 st.draft_ids = [int(x) for x in ids[i * g:(i + 1) * g]]
                 st.draft_probs = prop.draft_probs[i]
                 results[req_id].draft_ids = st.draft_ids
-                results[req_id].confidences = conf[i * g:(i + 1) * g] if prop.confidence is not None else None
+                has_conf = prop.confidence is not None or self.synthetic is not None
+                results[req_id].confidences = conf[i * g:(i + 1) * g] if has_conf else None
         for s in plan.seqs:
             if not results[s.req_id].draft_ids:
                 self.states[s.req_id].draft_ids, self.states[s.req_id].draft_probs = [], None
         return RunnerOutput([results[s.req_id] for s in plan.seqs])
 
 
-def HFRunner(target, drafter: Drafter | None, num_pages: int, page_size: int) -> Runner:  # noqa: N802 (a factory)
+def HFRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  # noqa: N802 (a factory)
+             synthetic: SyntheticAcceptance | None = None) -> Runner:
     """The oracle runner: the target through transformers (one request at a time)."""
     from dspark.engine.hf_target import HFTarget
 
-    return Runner(HFTarget(target), drafter, num_pages, page_size)
+    return Runner(HFTarget(target), drafter, num_pages, page_size, synthetic)
 
 
 def ModelRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  # noqa: N802
-                cuda_graphs: bool = True) -> Runner:
+                cuda_graphs: bool = True, synthetic: SyntheticAcceptance | None = None, max_num_seqs: int = 64) -> Runner:
     """The engine's own dense forward over the paged cache (`dspark.models`).
 
-    On CUDA with ``cuda_graphs`` the target steps replay CUDA graphs (`GraphedDenseTarget`, verify graphs
-    promise γ+1 query tokens per request); ``cuda_graphs=False`` (``--enforce-eager``) or a CPU model runs
-    every step eagerly (`DenseTarget`).
+    On CUDA with ``cuda_graphs`` decode steps replay one CUDA graph each (`GraphedStep`: target, sampling,
+    rejection and the drafter's proposal; verify graphs promise γ+1 query tokens per request) and other
+    steps run eagerly over the graphed target (`GraphedDenseTarget`); ``cuda_graphs=False``
+    (``--enforce-eager``) or a CPU model runs every step eagerly (`DenseTarget`), with identical results.
     """
     from dspark.engine.dense_target import DenseTarget
     from dspark.models import DenseLM
 
     model = target if isinstance(target, DenseLM) else DenseLM.from_hf_model(target.model)
     if cuda_graphs and model.device.type == "cuda":
+        from dspark.engine.graphed_step import GraphedStep
         from dspark.engine.graphed_target import GraphedDenseTarget
 
         gamma = drafter.config.num_drafts if drafter is not None else 0
         backend = GraphedDenseTarget(model, num_pages, page_size, max_query_len=gamma + 1)
-        return Runner(backend, drafter, num_pages, page_size)
-    return Runner(DenseTarget(model, num_pages, page_size), drafter, num_pages, page_size)
+        runner = Runner(backend, drafter, num_pages, page_size, synthetic)
+        runner.step = GraphedStep(backend, drafter, runner.draft_kv, max_num_seqs)
+        return runner
+    return Runner(DenseTarget(model, num_pages, page_size), drafter, num_pages, page_size, synthetic)

@@ -13,6 +13,10 @@
    draft distributions and the calibrated confidences the policy ranks next step.
 Randomness: each row reads its request's stream at the counter the scheduler assigned (γ+1 draws for
 verification or the first token, then γ for drafting), so results never depend on the batch.
+
+The function only reads tensors and host-side sizes of the plan (never the device), so one CUDA graph
+can capture it whole (`dspark.engine.graphed_step`). ``plan.forced_accepted`` (benchmarks only, see
+`dspark.engine.synthetic`) replaces the rejection rule by given accepted counts: NOT lossless.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dspark.engine.messages import ScheduledSeq
 from dspark.engine.row_sampler import RowSampler
 from dspark.engine.target import TargetForward
 from dspark.sampling import RowParams, processed_probs_rows, sample_from
-from dspark.verify import rejection_sample
+from dspark.verify import forced_accept, rejection_sample
 
 
 @dataclass
@@ -43,20 +47,24 @@ class StepPlan:
     seeds: torch.Tensor  # [B] int64
     counters: torch.Tensor  # [B] int64, first draw of this step per seq
     logit_rows: torch.Tensor  # [M] seq index of each logits row
-    verify_rows: list[int]  # seq indices with a verify block
+    verify_rows: list[int]  # seq indices with a verify block (host copy of verify_index)
+    verify_index: torch.Tensor  # [Rv] the same on the device
     verify_logits: torch.Tensor  # [Rv, K+1] logits row of slot j of verify row i (clamped past ℓ)
     draft_ids: torch.Tensor  # [Rv, K] drafts being verified (padded)
     draft_probs: torch.Tensor  # [Rv, K, V]
     num_verify: torch.Tensor  # [Rv]
     first_rows: list[int]  # seq indices sampling their first token
+    first_index: torch.Tensor  # [Rf] the same on the device
     first_logits: torch.Tensor  # [Rf] their logits rows
     update_index: torch.Tensor  # [B, W] flat token of slot w of seq b (clamped), W = max query length
     next_known: torch.Tensor  # [B, W] token following each position when known on the host (else -1)
     num_new_host: torch.Tensor  # [B] positions each seq commits when known on the host (prefill rows)
     draft_rows: list[int]  # seq indices that draft after this step
+    draft_index: torch.Tensor  # [Rd] the same on the device
     known_anchor: torch.Tensor  # [B] next anchor when known on the host (resumed prefill), else -1
     num_drafts: int  # γ
     max_context: int  # max(context_lens), known on the host
+    forced_accepted: torch.Tensor | None = None  # [Rv] synthetic acceptance (benchmarks only, NOT lossless)
 
 
 @dataclass
@@ -68,9 +76,11 @@ class StepResult:
 
 
 def _verify(plan: StepPlan, target_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.tensor(plan.verify_rows, dtype=torch.long, device=target_probs.device)
+    rows = plan.verify_index
     probs = target_probs[plan.verify_logits]  # [Rv, K+1, V]
     u = counter_uniforms(plan.seeds[rows], plan.counters[rows], plan.num_drafts + 1)  # [Rv, γ+1]
+    if plan.forced_accepted is not None:
+        return forced_accept(plan.draft_ids, probs, plan.forced_accepted, uniforms=u)
     return rejection_sample(plan.draft_ids, plan.draft_probs, probs, plan.num_verify, uniforms=u)
 
 
@@ -82,14 +92,14 @@ def _context_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: 
     next_ids = plan.next_known.clone()
     num_new = plan.num_new_host.clone()
     if plan.verify_rows:
-        rows = torch.tensor(plan.verify_rows, dtype=torch.long, device=device)
+        rows = plan.verify_index
         k1 = out_ids.shape[1]
         padded = torch.full((len(plan.verify_rows), width), -1, dtype=torch.long, device=device)
         padded[:, : min(width, k1)] = out_ids[:, :width]
         next_ids[rows] = padded
         num_new[rows] = num_accepted + 1
     if plan.first_rows:
-        rows = torch.tensor(plan.first_rows, dtype=torch.long, device=device)
+        rows = plan.first_index
         next_ids[rows, plan.num_new_host[rows] - 1] = first_ids
     feats = features if features is not None else last_hidden[:, :0]
     return ContextUpdate(feats[plan.update_index], last_hidden[plan.update_index], next_ids.clamp_min(0), num_new)
@@ -107,7 +117,7 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     out_ids, num_accepted = _verify(plan, target_probs) if plan.verify_rows else (empty.view(0, 1), empty)  # 2. commit
     first_ids = empty
     if plan.first_rows:
-        rows = torch.tensor(plan.first_rows, dtype=torch.long, device=device)
+        rows = plan.first_index
         u = counter_uniforms(plan.seeds[rows], plan.counters[rows], 1)[:, 0]
         first_ids = sample_from(target_probs[plan.first_logits], uniforms=u)
     if drafter is None or draft_kv is None:
@@ -121,12 +131,12 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     if not plan.draft_rows:
         return StepResult(out_ids, num_accepted, first_ids, None)
 
-    rows = torch.tensor(plan.draft_rows, dtype=torch.long, device=device)  # 4. propose
+    rows = plan.draft_index  # 4. propose
     anchors = plan.known_anchor.clone()
     if plan.verify_rows:
-        anchors[torch.tensor(plan.verify_rows, dtype=torch.long, device=device)] = out_ids.gather(1, num_accepted.unsqueeze(1)).squeeze(1)
+        anchors[plan.verify_index] = out_ids.gather(1, num_accepted.unsqueeze(1)).squeeze(1)
     if plan.first_rows:
-        anchors[torch.tensor(plan.first_rows, dtype=torch.long, device=device)] = first_ids
+        anchors[plan.first_index] = first_ids
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + update.num_new)[rows],
                                            max_len + update.next_ids.shape[1]))
     sampler = RowSampler(plan.params.select(rows),

@@ -1,0 +1,86 @@
+"""`GraphedStep` (whole decode steps as one CUDA graph) against the eager step, on the CPU.
+
+In `replay_eagerly` mode a decode step is padded into the graphs' static buffers exactly as a replay
+would be (padding rows and tokens, verify blocks padded to γ, the drafter's context bound, the top-k
+bucket) and `speculative_step` runs on those buffers. Seeded sampling at T = 1 with top-k / top-p and
+greedy rows in one batch must give the same tokens, acceptances and confidences as the plain eager
+runner, for every drafter, staggered arrivals included; `-m gpu` tests replay real graphs
+(tests/test_engine_gpu.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine_helpers import taught_drafter, weak_bigram_target
+from dspark.engine.graphed_step import GraphedStep
+from dspark.engine.graphed_target import GraphedDenseTarget
+from dspark.engine.llm import LLM
+from dspark.engine.options import SamplingOptions
+from dspark.engine.runner import ModelRunner, Runner
+from dspark.models import DenseLM
+
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 5, 6], [9], [10, 11, 12, 13], [3, 3, 3, 3, 3, 3]]
+OPTIONS = [SamplingOptions(24, temperature=1.0, seed=11, ignore_eos=True),
+           SamplingOptions(24, temperature=0.0, ignore_eos=True),
+           SamplingOptions(24, temperature=0.8, top_k=5, seed=12, ignore_eos=True),
+           SamplingOptions(24, temperature=1.0, top_p=0.7, seed=13, ignore_eos=True),
+           SamplingOptions(24, temperature=1.2, top_k=3, top_p=0.9, seed=14, ignore_eos=True)]
+
+
+@pytest.fixture(scope="module")
+def target_and_map(tmp_path_factory):
+    return weak_bigram_target(tmp_path_factory.mktemp("graphed-step"))
+
+
+def graphed_runner(target, drafter, num_pages: int, page_size: int, max_seqs: int) -> Runner:
+    gamma = drafter.config.num_drafts if drafter is not None else 0
+    backend = GraphedDenseTarget(DenseLM.from_hf_model(target.model), num_pages, page_size, max_query_len=gamma + 1,
+                                 sizes=(1, 2, 4, 8, 16, 32, 64))
+    backend.replay_eagerly = True
+    runner = Runner(backend, drafter, num_pages, page_size)
+    runner.step = GraphedStep(backend, drafter, runner.draft_kv, max_seqs)
+    return runner
+
+
+def run(llm: LLM) -> list[tuple]:
+    """(tokens, per-round (verified, accepted, drafts), per-round confidences) of every request."""
+    ids = []
+    for prompt, opts in zip(PROMPTS, OPTIONS):  # staggered: one new request per step
+        ids.append(llm.add_request(prompt, opts))
+        llm.step()
+    while llm.has_unfinished():
+        llm.step()
+    out = []
+    for rid in ids:
+        res = llm.result(rid)
+        out.append((res.token_ids, [(r.verified, r.accepted, r.draft_ids) for r in res.rounds],
+                    [r.confidences or [] for r in res.rounds]))
+    return out
+
+
+@pytest.mark.parametrize("method,kw,policy", [("dspark", {"markov_head_type": "vanilla"}, "fixed:4"),
+                                              ("dspark", {"markov_head_type": "rnn"}, "threshold:0.5"),
+                                              ("dflash", {}, "fixed:3"), ("eagle3", {}, "fixed:4"),
+                                              ("mtp", {}, "fixed:1"), (None, {}, "none")])
+def test_graphed_step_equals_eager(target_and_map, method, kw, policy):
+    target, f = target_and_map
+    torch.manual_seed(0)
+    drafter = None if method is None else taught_drafter(target, f, method, kw)
+    results, runners = [], []
+    for graphed in (False, True):
+        llm = LLM(target, drafter, policy=policy, page_size=4, max_num_seqs=8, eos_token_ids=(-1,), runner="model")
+        pages = llm.blocks.num_pages
+        llm.runner = (graphed_runner(target, drafter, pages, 4, 8) if graphed
+                      else ModelRunner(target, drafter, pages, 4, cuda_graphs=False))
+        results.append(run(llm))
+        runners.append(llm.runner)
+    eager, graphed = results
+    assert [r[:2] for r in eager] == [r[:2] for r in graphed]  # tokens, verified, accepted, drafts: identical
+    for a, b in zip(eager, graphed):  # confidences: equal up to float reduction order of padded shapes
+        for ca, cb in zip(a[2], b[2]):
+            assert ca == pytest.approx(cb, abs=1e-4)
+    step = runners[1].step
+    assert step.num_graph_steps > 0 and step.num_eager_steps > 0  # decode steps graphed, prefill steps not
+    assert len(step.graphs) >= 2  # several padded sizes served
