@@ -7,6 +7,10 @@
 One `step()` = `Scheduler.schedule()` -> `Runner.execute()` -> `Scheduler.update()`; requests join and
 leave at any step. `runner="hf"` runs the target through transformers (the oracle), `"model"` through
 our own dense forward over the paged cache, `"auto"` (default) the latter where the family is supported.
+
+`synthetic_acceptance="dspark/math"` (a preset, ``curve:...`` or a JSONL trace; benchmark only, NOT
+lossless) forces every round's acceptance to draws from that model (`dspark.engine.synthetic`); `stats()`
+and every result then carry its label. It needs a drafting policy: plain decoding refuses it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dspark.engine.request import Request
 from dspark.engine.results import GenerationResult, RequestOutput
 from dspark.engine.runner import HFRunner, ModelRunner, Runner
 from dspark.engine.scheduler import Scheduler
+from dspark.engine.synthetic import SyntheticAcceptance, synthetic_from_spec
 from dspark.errors import ConfigError, DSparkError, UnsupportedModelError
 from dspark.scheduling.planner import NEEDS_SPS, Planner, VerifyPlanner
 from dspark.scheduling.policy import parse_policy
@@ -77,6 +82,7 @@ class EngineStats:
     rows_planned: int  # request-rounds planned (mean verify length = tokens_planned / rows_planned)
     tokens_planned: int
     rounds_skipped: int  # rounds the draft gate ran plain
+    synthetic_acceptance: str | None = None  # label of a synthetic acceptance model (NOT lossless), None: lossless
 
 
 class LLM:
@@ -94,6 +100,7 @@ class LLM:
         cfg.policy = given.policy if given is not None else (policy or (f"fixed:{self.num_drafts}" if self.drafter is not None else "none"))
         cfg.check(self.num_drafts)
         self.config = cfg
+        self.synthetic = self._make_synthetic(given.drafting if given is not None else None)
         max_pos = int(getattr(self.target.text_config, "max_position_embeddings", 0) or 0) or 1 << 20
         self.max_model_len = min(cfg.max_model_len or max_pos, max_pos)
         self.eos_token_ids = set(cfg.eos_token_ids) or self.target.stop_token_ids()
@@ -119,18 +126,37 @@ class LLM:
             budget = KV_MEMORY_CPU
         return max(2, min(want, budget // _page_bytes(self.target, self.drafter, self.config.page_size)))
 
+    def _make_synthetic(self, drafting: bool | None) -> SyntheticAcceptance | None:
+        """The synthetic acceptance model of `synthetic_acceptance` (None when off); refused without drafting."""
+        spec = self.config.synthetic_acceptance
+        if spec is None:
+            return None
+        policy = self.config.policy
+        if drafting is None:
+            parsed = parse_policy(policy)
+            drafting = not (parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0))
+        if self.drafter is None or not drafting:
+            raise ConfigError(f"synthetic_acceptance {spec!r} replaces the acceptance of drafts, but policy {policy!r}"
+                              f"{'' if self.drafter is not None else ' without a drafter'} drafts nothing (plain "
+                              f"decoding is lossless: drop the option)")
+        synthetic = synthetic_from_spec(spec, self.num_drafts, self.config.synthetic_seed)
+        log.warning("%s: accepted drafts are drawn from %s, not verified by the target; benchmark only",
+                    synthetic.label, spec)
+        return synthetic
+
     def _make_runner(self, kind: str, num_pages: int) -> Runner:
         ps = self.config.page_size
+        extra = {"synthetic": self.synthetic} if self.synthetic is not None else {}
         if kind == "hf":
-            return HFRunner(self.target, self.drafter, num_pages, ps)
+            return HFRunner(self.target, self.drafter, num_pages, ps, **extra)
         if kind in ("model", "auto"):
             try:
-                return ModelRunner(self.target, self.drafter, num_pages, ps)
+                return ModelRunner(self.target, self.drafter, num_pages, ps, max_num_seqs=self.config.max_num_seqs, **extra)
             except UnsupportedModelError:
                 if kind == "model":
                     raise
                 log.info("target family not supported by the dense runner; using transformers (runner='hf')")
-                return HFRunner(self.target, self.drafter, num_pages, ps)
+                return HFRunner(self.target, self.drafter, num_pages, ps, **extra)
         raise ConfigError(f"runner must be 'auto', 'model' or 'hf', got {kind!r}")
 
     def _make_planner(self, policy: str | Planner, sps: SPSTable | str | Path | None) -> Planner:
@@ -149,7 +175,8 @@ class LLM:
         planner = VerifyPlanner(policy, sps) if isinstance(policy, str) else policy
         if planner.drafting and self.drafter is None:
             raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")
-        if planner.needs_confidence and self.drafter is not None and not self.drafter.config.has_confidence:
+        if (planner.needs_confidence and self.drafter is not None and not self.drafter.config.has_confidence
+                and self.synthetic is None):  # synthetic acceptance brings its own confidences
             raise ConfigError(f"policy {policy!r} needs a drafter with a confidence head ({self.drafter.config.method} has none)")
         return planner
 
@@ -200,7 +227,12 @@ class LLM:
                            self.blocks.num_pages - 1, self.scheduler.step_index, self.blocks.hits,
                            self.scheduler.num_preemptions, getattr(planner, "rounds_planned", 0),
                            getattr(planner, "rows_planned", 0), getattr(planner, "tokens_planned", 0),
-                           getattr(planner, "rounds_skipped", 0))
+                           getattr(planner, "rounds_skipped", 0), self.synthetic_label)
+
+    @property
+    def synthetic_label(self) -> str | None:
+        """`synthetic-acceptance:NAME (NOT lossless)` when acceptance is synthetic, else None (lossless)."""
+        return self.synthetic.label if self.synthetic is not None else None
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -252,4 +284,4 @@ class LLM:
         req = self.scheduler.requests[request_id]
         text = self.target.tokenizer.decode(req.output_ids) if self.target.tokenizer is not None else None
         return GenerationResult(list(req.output_ids), list(req.rounds), req.finish_reason or "", req.req_id, text,
-                                req.num_cached, req.num_preemptions)
+                                req.num_cached, req.num_preemptions, self.synthetic_label)

@@ -59,6 +59,9 @@ class EngineConfig:
     policy: str = "fixed:7"  # verification-length policy (dspark.scheduling); "none" = plain decoding
     sps_path: str | None = None  # SPS table JSON for dspark / dspark-async / +gate (None: profile or roofline)
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    # benchmark only, NOT lossless: acceptance drawn from a preset / curve:... / JSONL trace (dspark.engine.synthetic)
+    synthetic_acceptance: str | None = None
+    synthetic_seed: int = 0  # seed of the synthetic acceptance draws
 
     def check(self, num_drafts: int) -> None:
         for name in ("page_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -67,6 +70,10 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if self.num_pages is not None and (not isinstance(self.num_pages, int) or self.num_pages < 2):
             raise ConfigError(f"num_pages must be an integer >= 2 (page 0 is reserved), got {self.num_pages!r}")
+        if self.synthetic_acceptance is not None and (not isinstance(self.synthetic_acceptance, str)
+                                                      or not self.synthetic_acceptance.strip()):
+            raise ConfigError(f"synthetic_acceptance must be a preset, curve:... or a JSONL trace path, "
+                              f"got {self.synthetic_acceptance!r}")
         if self.max_num_batched_tokens < self.max_num_seqs * (num_drafts + 1):
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must hold a verify block of "
                               f"every request: >= max_num_seqs x (γ+1) = {self.max_num_seqs * (num_drafts + 1)}")

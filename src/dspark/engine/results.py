@@ -29,6 +29,7 @@ class GenerationResult:
     text: str | None = None
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
     num_preemptions: int = 0
+    synthetic_acceptance: str | None = None  # the label when acceptance was synthetic (benchmark only, NOT lossless)
 
     @property
     def tau(self) -> float:
@@ -36,8 +37,11 @@ class GenerationResult:
         return sum(r.committed if r.stopped else r.accepted + 1 for r in self.rounds) / max(1, len(self.rounds))
 
     def to_dict(self) -> dict:
-        return {"token_ids": self.token_ids, "finish_reason": self.finish_reason, "tau": self.tau,
-                "rounds": [asdict(r) for r in self.rounds]}
+        out = {"token_ids": self.token_ids, "finish_reason": self.finish_reason, "tau": self.tau,
+               "rounds": [asdict(r) for r in self.rounds]}
+        if self.synthetic_acceptance is not None:
+            out["synthetic_acceptance"] = self.synthetic_acceptance
+        return out
 
 
 @dataclass
