@@ -4,6 +4,8 @@
         --num-prompts 256 [--max-tokens 128] [--plot bench.png]
 
 Prints a table, then one JSON line. Needs `httpx` (the `[serve]` extra); `--plot` needs matplotlib.
+A server started with `dspark serve --benchmark --synthetic-acceptance SPEC` is NOT lossless: its results
+carry that label on every line. `--synthetic-acceptance SPEC` makes sure the server runs that model.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def add_arguments_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="bearer token for the server")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--plot", help="PNG of throughput against per-user tokens/s")
+    parser.add_argument("--synthetic-acceptance", metavar="PRESET|FILE",
+                        help="expect a server with this synthetic acceptance (benchmark only, NOT lossless); "
+                             "refuse any other")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -52,7 +57,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if any(c < 1 for c in args.concurrency):
         raise ConfigError(f"--concurrency levels must be >= 1, got {args.concurrency}")
     result = asyncio.run(benchmark(args.base_url, args.dataset, args.concurrency, args.num_prompts, args.max_tokens,
-                                   args.model, args.temperature, args.seed, args.ignore_eos, args.api_key, args.timeout))
+                                   args.model, args.temperature, args.seed, args.ignore_eos, args.api_key, args.timeout,
+                                   expect_acceptance=args.synthetic_acceptance))
     if args.plot:
         plot(result, args.plot)
         result["plot"] = args.plot

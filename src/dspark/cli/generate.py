@@ -2,6 +2,11 @@
 
     dspark generate --prompt "def fib(n):"                                   # embedded default model
     dspark generate --target DIR --draft DIR --prompt-ids 1,2,3 --max-new-tokens 64 --json
+    dspark generate --synthetic-acceptance dspark/math      # benchmark only: acceptance drawn, NOT lossless
+
+`--synthetic-acceptance PRESET|FILE` (`dspark.engine.synthetic`) times the speculative engine with
+acceptance drawn from a preset, ``curve:...`` or a JSONL trace instead of the target's verdict: the text
+is NOT the target's distribution, and every line printed says so.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 
 from dspark.cli.common import add_model_arguments, load_pair, print_json
 from dspark.cli.validation import check_context_length
-from dspark.errors import DSparkError
+from dspark.errors import ConfigError, DSparkError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default=None, help="verification-length policy (see `dspark simulate --help`)")
     parser.add_argument("--sps", default=None, help="SPS table JSON for --policy dspark / dspark-async / POLICY+gate")
     parser.add_argument("--no-spec", action="store_true", help="plain target decoding only")
+    parser.add_argument("--synthetic-acceptance", metavar="PRESET|FILE",
+                        help="benchmark only, NOT lossless: acceptance drawn from a preset (dspark/math, mtp/chat, "
+                             "...), curve:a1,a2,... or a JSONL trace")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -79,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from dspark.engine.options import SamplingOptions
     from dspark.eval.metrics import summarize
 
+    synthetic = getattr(args, "synthetic_acceptance", None)
+    if synthetic is not None and args.no_spec:
+        raise ConfigError("--synthetic-acceptance replaces the acceptance of drafts; --no-spec drafts nothing")
     target, drafter = load_pair(args, need_draft=not args.no_spec)
     ids = prompt_ids(args, target.tokenizer)
     check_context_length(target, drafter, len(ids), args.max_new_tokens)
@@ -88,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     result, spec_time = base, base_time
     if not args.no_spec:
         policy = policy_for(drafter, True, args.verify_len, args.threshold, args.policy)
-        result, spec_time = _timed(LLM(target, drafter, policy=policy, sps=args.sps, max_num_seqs=1), ids, opts)
+        extra = {"synthetic_acceptance": synthetic} if synthetic is not None else {}
+        result, spec_time = _timed(LLM(target, drafter, policy=policy, sps=args.sps, max_num_seqs=1, **extra), ids, opts)
     stats = summarize([result], drafter.config.num_drafts if drafter is not None else 0)
     text = target.tokenizer.decode(result.token_ids) if target.tokenizer is not None else None
     out = {
@@ -99,12 +111,18 @@ def run(args: argparse.Namespace) -> int:
         "tokens_per_s": len(result.token_ids) / spec_time, "baseline_tokens_per_s": len(base.token_ids) / base_time,
         "finish_reason": result.finish_reason,
     }
+    label = result.synthetic_acceptance
+    if label is not None:
+        out.update(synthetic_acceptance=label, lossless=False)
     if args.json:
         print_json(out)
         return 0
+    tag = f" [{label}]" if label is not None else ""
+    if label is not None:
+        print(f"[dspark] {label}: the text below is NOT the target's distribution (benchmark only)")
     print(text if text is not None else " ".join(map(str, result.token_ids)))
     acc = " ".join("-" if a is None else f"{a:.2f}" for a in stats["accept_rate_conditional"])
-    print(f"\n[dspark] tau={out['tau']:.2f} rounds={out['rounds']} per-slot acceptance (conditional): {acc}")
+    print(f"\n[dspark] tau={out['tau']:.2f} rounds={out['rounds']} per-slot acceptance (conditional): {acc}{tag}")
     print(f"[dspark] {out['tokens_per_s']:.1f} tok/s speculative vs {out['baseline_tokens_per_s']:.1f} tok/s plain "
-          f"({out['tokens_per_s'] / out['baseline_tokens_per_s']:.2f}x, same engine, measured in this run on {target.device})")
+          f"({out['tokens_per_s'] / out['baseline_tokens_per_s']:.2f}x, same engine, measured in this run on {target.device}){tag}")
     return 0

@@ -9,6 +9,11 @@ The last form is vLLM's spelling: a `vllm serve` command line works with `vllm s
 SPS table comes from `--sps FILE` or is profiled by the engine at the first start (then cached). The
 default policy is the engine's: `fixed:γ` with a drafter, `none` without. Binds 127.0.0.1 unless `--host` says
 otherwise; `--api-key` (or DSPARK_API_KEY) guards every route but /health; SIGTERM drains and exits 0.
+
+`--synthetic-acceptance PRESET|FILE` (benchmark only, NOT lossless: acceptance drawn from a model, see
+`dspark.engine.synthetic`) is refused unless `--benchmark` is given too; such a server says NOT lossless
+in its startup line, in every response's `X-DSpark-Acceptance` header and in its /v1/models entry
+(`dspark_acceptance`), and `dspark bench serve` labels its results from there.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ def add_arguments_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device (cpu, cuda, cuda:1, ..., auto)")
     parser.add_argument("--runner", default="auto", choices=["auto", "model", "hf"], help="engine model runner")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--synthetic-acceptance", metavar="PRESET|FILE",
+                        help="benchmark only, NOT lossless: acceptance drawn from a preset, curve:... or a JSONL "
+                             "trace (needs --benchmark)")
+    parser.add_argument("--benchmark", action="store_true", help="allow benchmark-only options that are NOT lossless")
 
 
 def speculative_config(text: str) -> dict[str, Any]:
@@ -136,12 +145,22 @@ def build_llm(args: argparse.Namespace) -> Any:
         options["max_model_len"] = args.max_model_len
     if args.num_pages is not None:
         options["num_pages"] = args.num_pages
+    if getattr(args, "synthetic_acceptance", None) is not None:
+        options["synthetic_acceptance"] = args.synthetic_acceptance
     llm = LLM(target, drafter, policy=policy, sps=args.sps, runner=args.runner, dtype=dtype, device=device,
               detokenize=False, **options)
     return llm, target_path, draft_path
 
 
+def check_benchmark_only(args: argparse.Namespace) -> None:
+    """Benchmark-only options are refused by a server unless `--benchmark` says the operator means it."""
+    if getattr(args, "synthetic_acceptance", None) is not None and not getattr(args, "benchmark", False):
+        raise ConfigError(f"--synthetic-acceptance {args.synthetic_acceptance!r} is for benchmarks only (its outputs "
+                          f"are NOT lossless): add --benchmark to serve with it")
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    check_benchmark_only(args)
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
@@ -166,7 +185,8 @@ def run_serve(args: argparse.Namespace) -> int:
     shown = "[::1]" if args.host == "::1" else args.host
     print(f"dspark serve: http://{shown}:{args.port}/v1  model {names[0]!r} ({target_path}), drafter "
           f"{draft_path or 'none'}, policy {llm.config.policy}, max_model_len {llm.max_model_len}, "
-          f"{llm.blocks.num_pages - 1} KV pages{', API key required' if args.api_key else ''}", file=sys.stderr,
+          f"{llm.blocks.num_pages - 1} KV pages{', API key required' if args.api_key else ''}"
+          f"{f', {llm.synthetic_label}: benchmark only' if llm.synthetic_label else ''}", file=sys.stderr,
           flush=True)
     serve(app, engine, args.host, args.port, args.drain_timeout, "info" if args.verbose else "warning")
     return 0

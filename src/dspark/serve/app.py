@@ -8,6 +8,8 @@ else 413) -> JSON + strict pydantic validation (400) -> model name (404) -> prom
 tokenizer thread -> limits (400) -> `EngineLoop.submit` (429 queue full, 503 draining) -> the first
 engine event (a refusal there is still an HTTP error) -> one JSON body or an SSE stream. A client that
 disconnects, while waiting or mid-stream, has its requests aborted, which frees their KV pages.
+A server with synthetic acceptance (`dspark serve --benchmark --synthetic-acceptance`) puts its NOT
+lossless label in an `X-DSpark-Acceptance` header on every response and in its model cards.
 """
 
 from __future__ import annotations
@@ -102,6 +104,15 @@ def create_app(engine: EngineLoop, info: ModelInfo, metrics: ServerMetrics, api_
 
     app = FastAPI(title="dspark", summary="OpenAI-compatible server on the dspark engine", lifespan=lifespan)
     install_handlers(app)
+    if info.acceptance is not None:
+        label = info.acceptance
+
+        @app.middleware("http")
+        async def acceptance_header(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            response = await call_next(request)
+            response.headers["X-DSpark-Acceptance"] = label
+            return response
+
     auth = [Depends(bearer_check(api_key))]
     created = int(time.time())
 
@@ -141,16 +152,17 @@ def create_app(engine: EngineLoop, info: ModelInfo, metrics: ServerMetrics, api_
         return JSONResponse(APIError(503, reason, code="service_unavailable").body(), status_code=503)
 
     def card(name: str) -> ModelCard:
-        return ModelCard(id=name, created=created, root=info.root, max_model_len=info.max_model_len)
+        return ModelCard(id=name, created=created, root=info.root, max_model_len=info.max_model_len,
+                         dspark_acceptance=info.acceptance)
 
     @app.get("/v1/models", dependencies=auth)
     async def models() -> dict[str, Any]:
-        return ModelList(data=[card(n) for n in info.names]).model_dump()
+        return ModelList(data=[card(n) for n in info.names]).model_dump(exclude_none=True)
 
     @app.get("/v1/models/{model_id:path}", dependencies=auth)
     async def model(model_id: str) -> dict[str, Any]:
         info.check_model(model_id)
-        return card(model_id).model_dump()
+        return card(model_id).model_dump(exclude_none=True)
 
     @app.get("/metrics", dependencies=auth)
     async def metrics_route() -> Response:

@@ -9,6 +9,10 @@ over its own latency, median), TTFT, TPOT ((latency - TTFT) / (tokens - 1)) and 
 percentiles, failures, and — when the server is `dspark serve` — τ (tokens per verification round)
 from the difference of its /metrics counters. Prints a table, then ONE JSON line; `--plot FILE` draws
 throughput against per-user tokens/s. Token counts come from the server's `usage`.
+
+A `dspark serve --benchmark --synthetic-acceptance` server says so in its /v1/models entry
+(`dspark_acceptance`); the result then carries that label and every table line says NOT lossless.
+`expect_acceptance` (`--synthetic-acceptance SPEC`) refuses a server that does not run that model.
 """
 
 from __future__ import annotations
@@ -191,6 +195,28 @@ async def discover_model(base_url: str, api_key: str | None) -> str:
         raise ConfigError(f"could not list the models at {base_v1(base_url)}/models ({exc}); pass --model") from exc
 
 
+async def server_acceptance(base_url: str, api_key: str | None) -> str | None:
+    """A dspark server's synthetic acceptance label (NOT lossless) from /v1/models; None: lossless or unknown."""
+    try:
+        cards = (await _get(base_v1(base_url), "/models", api_key)).json()["data"]
+    except Exception:  # noqa: BLE001 - another server, or no model list: nothing to label
+        return None
+    labels = [c.get("dspark_acceptance") for c in cards if isinstance(c, dict) and c.get("dspark_acceptance")]
+    return str(labels[0]) if labels else None
+
+
+def check_acceptance(label: str | None, expected: str | None) -> None:
+    """Refuse a server whose acceptance is not the synthetic model the benchmark was asked to measure."""
+    from dspark.errors import ConfigError
+
+    if expected is None:
+        return
+    needle = Path(expected).name if expected.endswith(".jsonl") else expected.strip()  # a trace is named by its file
+    if label is None or needle.lower() not in label.lower():
+        raise ConfigError(f"--synthetic-acceptance {expected!r}: the server reports "
+                          f"{label or 'lossless acceptance'}; start it with --benchmark --synthetic-acceptance {expected}")
+
+
 async def spec_counters(base_url: str, api_key: str | None) -> dict[str, float] | None:
     """dspark's speculation counters from /metrics (None for servers that do not have them)."""
     root = base_v1(base_url)[: -len("/v1")]
@@ -216,9 +242,12 @@ def tau(before: dict[str, float] | None, after: dict[str, float] | None) -> floa
 
 async def benchmark(base_url: str, dataset: str, concurrencies: list[int], num_prompts: int, max_tokens: int,
                     model: str | None = None, temperature: float = 0.0, seed: int = 0, ignore_eos: bool = False,
-                    api_key: str | None = None, timeout: float = 600.0, warmup: int = 1) -> dict[str, Any]:
+                    api_key: str | None = None, timeout: float = 600.0, warmup: int = 1,
+                    expect_acceptance: str | None = None) -> dict[str, Any]:
     prompts = load_prompts(dataset)
     model = model or await discover_model(base_url, api_key)
+    acceptance = await server_acceptance(base_url, api_key)
+    check_acceptance(acceptance, expect_acceptance)
     if warmup:
         await run_level(base_url, model, prompts, 1, warmup, min(max_tokens, 8), temperature, seed, ignore_eos, api_key,
                         timeout)
@@ -231,7 +260,8 @@ async def benchmark(base_url: str, dataset: str, concurrencies: list[int], num_p
         level["tau"] = tau(before, await spec_counters(base_url, api_key))
         levels.append(level)
     return {"base_url": base_v1(base_url), "model": model, "dataset": dataset, "num_prompts": num_prompts,
-            "max_tokens": max_tokens, "temperature": temperature, "levels": levels}
+            "max_tokens": max_tokens, "temperature": temperature, "levels": levels,
+            "synthetic_acceptance": acceptance, "lossless": acceptance is None}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -249,6 +279,9 @@ def table(result: dict[str, Any]) -> str:
                     f"{lv['per_user_tok_s']:>10.1f} {ms(lv['ttft_ms']['p50'])} {ms(lv['ttft_ms']['p99'])} "
                     f"{ms(lv['tpot_ms']['p50'])} {ms(lv['tpot_ms']['p99'])} {ms(lv['latency_ms']['p50'])} "
                     f"{ms(lv['latency_ms']['p99'])} {t}")
+    label = result.get("synthetic_acceptance")
+    if label:
+        rows = [f"{row}  [{label}]" for row in rows]
     return "\n".join(rows)
 
 
@@ -266,7 +299,8 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
         ax.annotate(f"c={lv['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("per-user tokens/s (median)")
     ax.set_ylabel("output throughput (tokens/s)")
-    ax.set_title(f"{result['model']} — {result['dataset']}", fontsize=9)
+    label = f" — {result['synthetic_acceptance']}" if result.get("synthetic_acceptance") else ""
+    ax.set_title(f"{result['model']} — {result['dataset']}{label}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

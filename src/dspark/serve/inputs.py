@@ -32,12 +32,14 @@ class ModelInfo:
     vocab_size: int
     tokenizer: Any
     max_token_bytes: int  # the longest token's UTF-8 length (a bound for the length pre-check)
+    acceptance: str | None = None  # the synthetic acceptance label (NOT lossless), None: lossless
 
     @classmethod
     def from_llm(cls, llm: Any, names: list[str]) -> "ModelInfo":
         tok = llm.target.tokenizer
         longest = max((len(t.encode("utf-8", "replace")) for t in tok.get_vocab()), default=64) if tok is not None else 64
-        return cls(names, str(llm.target.path), int(llm.max_model_len), int(llm.target.vocab_size), tok, max(1, longest))
+        return cls(names, str(llm.target.path), int(llm.max_model_len), int(llm.target.vocab_size), tok, max(1, longest),
+                   getattr(llm, "synthetic_label", None))
 
     def check_model(self, name: str | None) -> str:
         if name is not None and name not in self.names:

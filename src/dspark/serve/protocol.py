@@ -221,6 +221,7 @@ class ModelCard(Response):
     owned_by: str = "dspark"
     root: str
     max_model_len: int
+    dspark_acceptance: str | None = None  # set only when acceptance is synthetic (benchmark only, NOT lossless)
 
 
 class ModelList(Response):
