@@ -1,6 +1,7 @@
 """PNG plots of simulated sweeps: the throughput / per-user frontier (like the paper's Fig. 7) and the
 throughput and verification budget against concurrency (like its Fig. 8). matplotlib is imported lazily
-(it is an optional dependency: ``pip install dspark[plot]``). Every figure is titled as simulated.
+(it is an optional dependency: ``pip install dspark[plot]``). Every figure is titled as simulated, unless
+`plot_frontier` is given another `kind` (the engine's measured frontier, `scripts/bench_frontier.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from dspark.errors import ConfigError
 from dspark.sim.engine import SimResult
+from dspark.sim.sweep import CurvePoint
 
 
 def _pyplot():
@@ -26,8 +28,8 @@ def _pyplot():
 _STYLES = ("-", "--", ":", "-.")
 
 
-def _by_policy(results: Sequence[SimResult]) -> dict[str, list[SimResult]]:
-    groups: dict[str, list[SimResult]] = {}
+def _by_policy(results: Sequence[CurvePoint]) -> dict[str, list[CurvePoint]]:
+    groups: dict[str, list[CurvePoint]] = {}
     for r in results:
         groups.setdefault(r.policy, []).append(r)
     for rows in groups.values():
@@ -35,7 +37,8 @@ def _by_policy(results: Sequence[SimResult]) -> dict[str, list[SimResult]]:
     return groups
 
 
-def plot_frontier(results: Sequence[SimResult], path: str | Path, title: str, slas: Sequence[float] = ()) -> Path:
+def plot_frontier(results: Sequence[CurvePoint], path: str | Path, title: str, slas: Sequence[float] = (),
+                  kind: str = "SIMULATED") -> Path:
     """Aggregate tok/s per GPU against per-user tok/s, one line per policy (points ordered by load)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -46,7 +49,7 @@ def plot_frontier(results: Sequence[SimResult], path: str | Path, title: str, sl
         ax.axvline(sla, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("per-user speed (tok/s/user)")
     ax.set_ylabel("throughput (tok/s/GPU)")
-    ax.set_title(f"SIMULATED: {title}", fontsize=9)
+    ax.set_title(f"{kind}: {title}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

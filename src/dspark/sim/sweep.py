@@ -8,12 +8,15 @@ A policy's curve is its (per-user tok/s, aggregate tok/s) points ordered by load
 lines. The throughput "at an SLA of s tok/s/user" is the highest point of that polyline whose per-user
 speed is at least s (None when the policy never reaches s); symmetrically, the per-user speed "at a
 matched throughput X" is the highest per-user speed on the polyline at an aggregate of at least X.
+The readers take any `CurvePoint` (a `SimResult`, or a point measured on the engine by
+`dspark.eval.frontier`), so simulated and measured curves are read by the same rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +26,16 @@ from dspark.sim.engine import SimConfig, SimResult, simulate
 from dspark.sim.workload import Arrivals
 
 PAPER_SLAS = (80.0, 120.0)  # tok/s/user anchors of the paper's V4-Flash frontier (Fig. 7)
+
+
+class CurvePoint(Protocol):
+    """One (policy, load) point of a frontier: what the curve readers and `dspark.sim.plots` need."""
+
+    policy: str
+    concurrency: int | None
+    rate: float | None
+    per_user_mean: float
+    throughput: float
 
 
 def run_sweep(
@@ -41,7 +54,7 @@ def run_sweep(
     return results
 
 
-def _curve(results: Sequence[SimResult], policy: str) -> tuple[np.ndarray, np.ndarray]:
+def _curve(results: Sequence[CurvePoint], policy: str) -> tuple[np.ndarray, np.ndarray]:
     rows = sorted((r for r in results if r.policy == policy), key=lambda r: (r.concurrency or 0, r.rate or 0.0))
     return np.array([r.per_user_mean for r in rows]), np.array([r.throughput for r in rows])
 
@@ -59,12 +72,12 @@ def best_on_polyline(xs: np.ndarray, ys: np.ndarray, x_min: float) -> float | No
     return None if best is None else float(best)
 
 
-def throughput_at_sla(results: Sequence[SimResult], policy: str, sla: float) -> float | None:
+def throughput_at_sla(results: Sequence[CurvePoint], policy: str, sla: float) -> float | None:
     per_user, throughput = _curve(results, policy)
     return best_on_polyline(per_user, throughput, sla)
 
 
-def per_user_at_throughput(results: Sequence[SimResult], policy: str, throughput: float) -> float | None:
+def per_user_at_throughput(results: Sequence[CurvePoint], policy: str, throughput: float) -> float | None:
     per_user, thr = _curve(results, policy)
     return best_on_polyline(thr, per_user, throughput)
 

@@ -1,0 +1,358 @@
+"""Closed-loop serving frontier on the engine: throughput against per-user speed for every policy, one run.
+
+    python scripts/bench_frontier.py --target DIR --drafter DIR --mtp-drafter DIR --prompts gsm8k \\
+        --concurrency 1,2,4,8,16,32,64,128,256 --max-tokens 256 --plot frontier.png --json-out frontier.json
+    python scripts/bench_frontier.py --target random:qwen3-8b --drafter random:5 \\
+        --synthetic-acceptance dspark/math --plot frontier.png          # random weights: NOT lossless
+
+For each policy (default: none, mtp1, fixed:3/5/7, dspark, dspark-async, each speculative one also
++gate) one engine (`dspark.engine.LLM`) is built in this process, one after the other, and for each
+concurrency C a closed loop runs on it (`dspark.eval.closed_loop`: C clients, each sending its next prompt
+when its last one finished; the first C requests are a warm-up, the next `--num-requests` (default
+max(8, 2C)) are measured; every request makes exactly `--max-tokens` tokens). Measured per point
+(`dspark.eval.frontier`, the simulator's definitions): throughput (output tokens/s over the measured
+window), per-user tokens/s (mean over requests of (tokens − 1) / (finish − first token)), TPOT p50/p99,
+TTFT p50, mean verify length ℓ per request-round, τ and the share of drafted rounds. Then, from each
+curve, the throughput a policy reaches while per-user speed stays >= 50 / 75 / 90% of plain decoding's
+concurrency-1 speed, and its per-user speed at plain decoding's throughput there. Prints a table, then
+ONE JSON line; `--plot` writes the frontier PNG, `--json-out` the same JSON.
+
+Policies: ``none`` runs no drafter. ``mtp1`` runs an MTP-1 drafter (one layer, one slot, its own cost):
+`--mtp-drafter DIR`, or the main drafter when it is MTP-1, or (with synthetic acceptance) ``random``, an
+MTP-1 module of random weights fitted to the target; without one, ``mtp1`` is left out of the default
+list (fixed:1 on a γ-slot drafter is not MTP-1: it pays the whole drafter's cost). Policies needing an
+SPS table take `--sps FILE` (else the engine profiles itself at start and caches the table).
+
+Targets: a model directory, or ``random:SHAPE`` (``qwen3-4b``, ``qwen3-8b``; ``tiny`` for tests) with
+random weights made on the device; drafters: a checkpoint directory or ``random[:LAYERS]`` (DSpark,
+default 5 layers). Random weights need `--synthetic-acceptance PRESET|FILE` (`dspark.engine.synthetic`:
+acceptance drawn from a preset such as ``dspark/math``, a ``curve:...`` or a JSONL trace; the MTP-1
+engine draws from `--mtp-synthetic-acceptance`, default ``mtp/DOMAIN`` of the main preset). Such a run
+is a benchmark of scheduling, NOT of losslessness: every line it prints says NOT lossless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dspark.cli.common import DEFAULT_DRAFT, DEFAULT_TARGET, load_target_checked, resolve_device, resolve_dtype_name
+from dspark.drafters.base import Drafter
+from dspark.engine.llm import LLM
+from dspark.engine.synthetic import NOT_LOSSLESS
+from dspark.errors import ConfigError, DSparkError
+from dspark.eval.closed_loop import run_closed_loop
+from dspark.eval.frontier import SLA_FRACTIONS, FrontierPoint, reference_speed, sla_summary
+from dspark.formats import load_drafter
+from dspark.scheduling import SPSTable, parse_policy
+from dspark.targets.adapter import TargetModel
+from dspark.targets.random_weights import random_drafter, random_target
+
+BASE_POLICIES = ("none", "mtp1", "fixed:3", "fixed:5", "fixed:7", "dspark", "dspark-async")
+CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PAGE = 16
+
+
+@dataclass
+class EngineSpec:
+    """How one policy's engine is built: its drafter, the policy string the engine gets, its acceptance."""
+
+    name: str
+    policy: str
+    drafter: Drafter | None
+    synthetic: str | None
+    sps: SPSTable | None
+
+
+class Printer:
+    """Every line of a synthetic run carries the NOT lossless label."""
+
+    def __init__(self, synthetic: bool) -> None:
+        self.suffix = f"  [{NOT_LOSSLESS}]" if synthetic else ""
+
+    def out(self, line: str = "") -> None:
+        print(line + self.suffix, flush=True)
+
+    def log(self, line: str) -> None:
+        print(line + self.suffix, file=sys.stderr, flush=True)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", help="model directory or random:SHAPE (default: the embedded tiny target)")
+    p.add_argument("--drafter", help="drafter directory or random[:LAYERS] (default: the embedded tiny drafter)")
+    p.add_argument("--mtp-drafter", help="MTP-1 drafter for the mtp1 policy: a directory or 'random'")
+    p.add_argument("--policies", default="default", help="comma-separated policies; 'default' = "
+                   + ",".join(BASE_POLICIES) + " and each speculative one +gate")
+    p.add_argument("--concurrency", type=_ints, default=list(CONCURRENCY), help="comma-separated client counts")
+    p.add_argument("--max-tokens", type=int, default=256, help="output tokens of every request (ignore_eos)")
+    p.add_argument("--prompts", help="prompt set name (gsm8k, mt-bench, ...) or JSONL file (default: random ids)")
+    p.add_argument("--prompt-len", type=int, default=256, help="length of the random prompts")
+    p.add_argument("--num-prompts", type=int, default=512, help="distinct prompts (cycled)")
+    p.add_argument("--num-requests", type=int, help="measured requests per point (default max(8, 2C))")
+    p.add_argument("--warmup-requests", type=int, help="warm-up requests per point (default C)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-acceptance", metavar="PRESET|FILE", help="benchmark only, NOT lossless")
+    p.add_argument("--mtp-synthetic-acceptance", metavar="PRESET|FILE", help="the mtp1 engine's (default mtp/DOMAIN)")
+    p.add_argument("--sps", help="SPS table JSON for dspark / dspark-async / +gate (default: profiled, cached)")
+    p.add_argument("--mtp-sps", help="SPS table JSON for mtp1+gate")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--runner", default="auto", choices=["auto", "model", "hf"])
+    p.add_argument("--prefix-caching", action="store_true", help="keep the prefix cache on (off: every prompt prefills)")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--plot", help="PNG of throughput against per-user tokens/s per policy")
+    p.add_argument("--json-out", help="write the JSON result here too")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def load_models(args: argparse.Namespace) -> tuple[TargetModel, Drafter | None, str, str]:
+    device = resolve_device(args.device)
+    target_spec = args.target or str(DEFAULT_TARGET)
+    if target_spec.startswith("random:"):
+        dtype = resolve_dtype_name(args.dtype, device)
+        target = random_target(target_spec.split(":", 1)[1], device, dtype, seed=args.seed)
+    else:
+        dtype = resolve_dtype_name(args.dtype, device, target_spec)
+        target = load_target_checked(target_spec, dtype, device)
+    return target, make_drafter(args.drafter or (str(DEFAULT_DRAFT) if args.target is None else None), target, "dspark"), device, dtype
+
+
+def make_drafter(spec: str | None, target: TargetModel, method: str) -> Drafter | None:
+    if spec is None:
+        return None
+    if spec == "random" or spec.startswith("random:"):
+        layers = spec.split(":", 1)[1] if ":" in spec else ("5" if method == "dspark" else None)
+        if layers is not None and not layers.isdigit():
+            raise ConfigError(f"drafter {spec!r}: expected random or random:LAYERS (an integer)")
+        return random_drafter(target, method, None if layers is None else int(layers))
+    return load_drafter(spec, target=target, device=target.device, dtype=target.dtype)
+
+
+def mtp_spec(main: str | None, given: str | None) -> str | None:
+    if main is None or given is not None:
+        return given
+    _, sep, domain = main.lower().partition("/")
+    if sep and not main.startswith("curve:") and not main.endswith(".jsonl"):
+        return f"mtp/{domain}"
+    raise ConfigError(f"--synthetic-acceptance {main!r} names no domain: give the mtp1 engine its own with "
+                      f"--mtp-synthetic-acceptance (e.g. mtp/chat)")
+
+
+def policy_list(args: argparse.Namespace, gamma: int, mtp: Drafter | None, confident: bool, printer: Printer
+                ) -> list[str]:
+    """The explicit --policies, or the default list trimmed to what the drafters can run (a note for mtp1)."""
+    if args.policies != "default":
+        names = [p.strip() for p in args.policies.split(",") if p.strip()]
+        for name in names:
+            parse_policy(name)
+        return names
+    names = []
+    for base in BASE_POLICIES:
+        parsed = parse_policy(base)
+        if base == "mtp1" and mtp is None:
+            printer.log("note: no MTP-1 drafter (--mtp-drafter DIR, or random with --synthetic-acceptance): mtp1 left out")
+            continue
+        if base.startswith("fixed:") and parsed.param > gamma:
+            continue
+        if gamma == 0 and base != "none":
+            continue
+        names.append(base)
+        scores = mtp.config.has_confidence if base == "mtp1" and mtp is not None else confident
+        if base != "none" and (scores or args.synthetic_acceptance):  # the gate reads confidences
+            names.append(base + "+gate")
+    if not confident and not args.synthetic_acceptance:
+        names = [n for n in names if parse_policy(n).kind not in ("dspark", "dspark-async")]
+    return names
+
+
+def engine_specs(args: argparse.Namespace, target: TargetModel, drafter: Drafter | None, printer: Printer
+                 ) -> list[EngineSpec]:
+    gamma = drafter.config.num_drafts if drafter is not None else 0
+    synthetic = args.synthetic_acceptance
+    if drafter is not None and gamma == 1:
+        mtp = drafter
+    else:
+        mtp_source = args.mtp_drafter or ("random" if synthetic else None)
+        mtp = make_drafter(mtp_source, target, "mtp") if mtp_source else None
+    confident = drafter is not None and drafter.config.has_confidence
+    names = policy_list(args, gamma, mtp, confident, printer)
+    sps = SPSTable.load(args.sps) if args.sps else None
+    mtp_sps = SPSTable.load(args.mtp_sps) if args.mtp_sps else None
+    specs = []
+    for name in names:
+        parsed = parse_policy(name)
+        if parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0):
+            specs.append(EngineSpec(name, name, None, None, None))
+        elif name.lower().removesuffix("+gate") == "mtp1" and mtp is not drafter:
+            if mtp is None:
+                raise ConfigError("policy mtp1 needs an MTP-1 drafter: --mtp-drafter DIR (or 'random' with "
+                                  "--synthetic-acceptance)")
+            specs.append(EngineSpec(name, name, mtp, mtp_spec(synthetic, args.mtp_synthetic_acceptance), mtp_sps))
+        else:
+            if drafter is None:
+                raise ConfigError(f"policy {name!r} drafts, but no --drafter was given")
+            specs.append(EngineSpec(name, name, drafter, synthetic, sps))
+    return specs
+
+
+def prompt_set(args: argparse.Namespace, target: TargetModel) -> list[list[int]]:
+    if args.prompts is None:
+        rng = np.random.default_rng(args.seed)
+        return [rng.integers(0, target.vocab_size, args.prompt_len).tolist() for _ in range(args.num_prompts)]
+    from dspark.eval.runner import _Prompter, load_conversations, resolve_prompt_sets
+
+    (ps,) = resolve_prompt_sets([args.prompts])
+    prompter = _Prompter(target)
+    limit = int(getattr(target.text_config, "max_position_embeddings", 0) or 1 << 20) - args.max_tokens - 16
+    prompts = [ids for conv in load_conversations(ps.path, args.num_prompts) if len(ids := prompter.prompt(conv, [])) <= limit]
+    if not prompts:
+        raise ConfigError(f"--prompts {args.prompts}: no prompt fits the target's context with {args.max_tokens} new tokens")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------- run
+def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int) -> LLM:
+    gamma = spec.drafter.config.num_drafts if spec.drafter is not None else 0
+    top = max(args.concurrency)
+    seq_len = longest + args.max_tokens + gamma + 1
+    num_pages = max(top * -(-seq_len // PAGE) + 1, 2048)
+    # every policy gets the same room for prefill beside a full round of verify blocks
+    budget = top * (gamma + 1) + max(2048, longest)
+    options: dict[str, object] = dict(max_num_seqs=top, max_num_batched_tokens=budget,
+                                      num_pages=num_pages, page_size=PAGE, enable_prefix_caching=args.prefix_caching,
+                                      max_model_len=max(seq_len, 512))
+    if spec.synthetic is not None:
+        options.update(synthetic_acceptance=spec.synthetic, synthetic_seed=args.seed)
+    return LLM(target, spec.drafter, policy=spec.policy, sps=spec.sps, runner=args.runner, detokenize=False, **options)
+
+
+def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
+               printer: Printer) -> tuple[list[FrontierPoint], str | None]:
+    llm = build_engine(spec, target, args, max(len(p) for p in prompts))
+    label = llm.synthetic_label
+    points = []
+    try:
+        for c in args.concurrency:
+            n = args.num_requests or max(8, 2 * c)
+            run = run_closed_loop(llm, prompts, c, n, args.max_tokens, warmup_requests=args.warmup_requests,
+                                  temperature=args.temperature, seed=args.seed)
+            point = run.point(spec.name)
+            point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless"}
+            points.append(point)
+            printer.log(f"{spec.name} c={c}: {point.throughput:.1f} tok/s, {point.per_user_mean:.1f} tok/s/user, "
+                        f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s")
+    finally:
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return points, label
+
+
+def _fmt(x: float | None, width: int, digits: int = 1) -> str:
+    return f"{'-':>{width}}" if x is None or x != x else f"{x:>{width}.{digits}f}"
+
+
+def print_report(points: list[FrontierPoint], sla: list[dict], printer: Printer, title: str) -> None:
+    printer.out(title)
+    printer.out(f"{'policy':<20}{'conc':>5}{'tok/s':>10}{'tok/s/user':>11}{'TPOT p50':>9}{'TPOT p99':>9}"
+                f"{'TTFT p50':>9}{'verify':>7}{'tau':>6}{'drafted':>8}{'reqs':>5}")
+    printer.out(f"{'':<20}{'':>5}{'':>10}{'':>11}{'ms':>9}{'ms':>9}{'ms':>9}")
+    for p in points:
+        printer.out(f"{p.policy:<20}{p.concurrency:>5}{p.throughput:>10.1f}{p.per_user_mean:>11.1f}"
+                    f"{_fmt(p.tpot['p50'] * 1e3, 9, 2)}{_fmt(p.tpot['p99'] * 1e3, 9, 2)}{_fmt(p.ttft['p50'] * 1e3, 9)}"
+                    f"{p.mean_verify:>7.2f}{p.tau:>6.2f}{p.drafted:>8.2f}{p.num_measured:>5}")
+    if not sla:
+        return
+    printer.out()
+    printer.out("throughput (tok/s) at per-user speed >= S, S = a fraction of plain decoding's lowest-concurrency "
+                "speed (x = vs none there; user@thr = tok/s/user at none's throughput there)")
+    head = "".join(f"{format(row['fraction'], '.0%') + ' S=' + format(row['per_user_target'], '.1f'):>30}" for row in sla)
+    printer.out(f"{'policy':<20}{head}")
+    for policy in sla[0]["throughput"]:
+        cells = []
+        for row in sla:
+            thr, gain, user = row["throughput"][policy], row["vs_reference"][policy], row["per_user_at_reference_throughput"][policy]
+            cells.append(f"{_fmt(thr, 9)} {'x' + format(gain, '.2f') if gain is not None else '-':>6} "
+                         f"{'user@thr ' + format(user, '.1f') if user is not None else '-':>13}")
+        printer.out(f"{policy:<20}" + "".join(f"{c:>30}" for c in cells))
+
+
+def summary(args: argparse.Namespace, points: list[FrontierPoint], labels: dict[str, str | None], device: str,
+            dtype: str, seconds: float) -> dict[str, object]:
+    """The JSON result (also written after every policy with --json-out, so a cut-short run keeps its points)."""
+    synthetic = args.synthetic_acceptance is not None
+    has_none = any(p.policy == "none" for p in points)
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    return {"bench": "frontier", "lossless": not synthetic, "note": NOT_LOSSLESS if synthetic else "lossless",
+            "synthetic_acceptance": {k: v for k, v in labels.items() if v} or None, "device": gpu, "dtype": dtype,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "seconds": seconds, "config": vars(args),
+            "reference_per_user": reference_speed(points) if has_none else None,
+            "points": [p.to_dict() for p in points], "sla": sla_summary(points) if has_none else [], "plot": args.plot}
+
+
+def write_json(path: str | None, result: dict[str, object]) -> str:
+    line = json.dumps(result, default=float)
+    if path:
+        with open(path, "w") as fh:
+            fh.write(line + "\n")
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    printer = Printer(args.synthetic_acceptance is not None)
+    t0 = time.time()
+    points: list[FrontierPoint] = []
+    labels: dict[str, str | None] = {}
+    try:
+        if args.target and args.target.startswith("random:") and not args.synthetic_acceptance:
+            raise ConfigError("a random-weight target accepts nothing: give --synthetic-acceptance PRESET|FILE")
+        target, drafter, device, dtype = load_models(args)
+        prompts = prompt_set(args, target)
+        for spec in engine_specs(args, target, drafter, printer):
+            got, labels[spec.name] = run_policy(spec, target, prompts, args, printer)
+            points += got
+            write_json(args.json_out, summary(args, points, labels, device, dtype, time.time() - t0))
+        result = summary(args, points, labels, device, dtype, time.time() - t0)
+    except DSparkError as exc:
+        print(f"bench_frontier: error: {exc}", file=sys.stderr)
+        return 2
+    drafter_name = args.drafter or (DEFAULT_DRAFT.name if args.target is None else "no drafter")
+    print_report(points, result["sla"], printer, f"frontier: {target.path} + {drafter_name} on {result['device']} "
+                 f"({dtype}), {args.max_tokens} tokens/request, {args.prompts or 'random prompts'}")
+    if args.plot:
+        from dspark.sim.plots import plot_frontier
+
+        kind = f"MEASURED, {NOT_LOSSLESS}" if printer.suffix else "MEASURED"
+        slas = [row["per_user_target"] for row in result["sla"]]
+        plot_frontier(points, args.plot, f"{target.path}, {args.max_tokens} tok/req", slas, kind=kind)
+    print(write_json(args.json_out, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
