@@ -74,6 +74,8 @@ class EngineConfig:
                                                       or not self.synthetic_acceptance.strip()):
             raise ConfigError(f"synthetic_acceptance must be a preset, curve:... or a JSONL trace path, "
                               f"got {self.synthetic_acceptance!r}")
+        if not isinstance(self.synthetic_seed, int) or isinstance(self.synthetic_seed, bool) or self.synthetic_seed < 0:
+            raise ConfigError(f"synthetic_seed must be an integer >= 0, got {self.synthetic_seed!r}")
         if self.max_num_batched_tokens < self.max_num_seqs * (num_drafts + 1):
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must hold a verify block of "
                               f"every request: >= max_num_seqs x (γ+1) = {self.max_num_seqs * (num_drafts + 1)}")
