@@ -38,6 +38,16 @@ def test_generate_text_mode_and_greedy_flags(qwen3_target, drafters, capsys):
     assert "tau=" in capsys.readouterr().out
 
 
+def test_generate_enforce_eager_gives_the_same_tokens(qwen3_target, drafters, capsys):
+    """--enforce-eager (no CUDA graphs) is accepted and changes nothing but speed."""
+    outs = []
+    for extra in ([], ["--enforce-eager"]):
+        assert main(["generate", "--target", qwen3_target.path, "--draft", str(drafters["dspark"]), "--prompt-ids", "5,6",
+                     "--max-new-tokens", "8", "--temperature", "0", "--json"] + extra) == 0
+        outs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"])
+    assert outs[0] == outs[1]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--draft", "/no/such/dir", "--prompt-ids", "1"], "does not exist"),
     (["--prompt-ids", ""], "prompt is empty"),

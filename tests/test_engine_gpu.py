@@ -52,3 +52,31 @@ def test_graphed_engine_matches_transformers_greedy(pair, policy):
         # fp32 on the GPU: TF32 and kernel order may flip a near-tie; demand near-total agreement
         agree = sum(a == b for g, w in zip(got, want) for a, b in zip(g, w)) / sum(len(w) for w in want)
         assert agree > 0.97, (graphs, agree)
+
+
+@pytest.mark.parametrize("policy", ["fixed:7", "threshold:0.5", "none"])
+def test_graphed_steps_equal_eager_seeded_sampling(pair, policy):
+    """Real graph replay (whole decode steps) == the eager runner, seeded T = 1 / top-k / top-p rows and greedy rows."""
+    from dspark.engine.runner import ModelRunner
+
+    target, drafter = pair
+    opts = [SamplingOptions(48, temperature=1.0, seed=5, ignore_eos=True),
+            SamplingOptions(48, temperature=0.0, ignore_eos=True),
+            SamplingOptions(48, temperature=0.7, top_k=20, seed=6, ignore_eos=True),
+            SamplingOptions(48, temperature=1.0, top_p=0.8, seed=7, ignore_eos=True)]
+    got = []
+    for graphs in (True, False):
+        d = None if policy == "none" else drafter
+        llm = LLM(target, d, policy=policy, page_size=16, max_num_seqs=8, eos_token_ids=(-1,))
+        llm.runner = ModelRunner(target, d, llm.blocks.num_pages, 16, cuda_graphs=graphs, max_num_seqs=8)
+        ids = []
+        for p, o in zip(PROMPTS, opts):
+            ids.append(llm.add_request(p, o))
+            llm.step()
+        while llm.has_unfinished():
+            llm.step()
+        if graphs:
+            assert llm.runner.step.num_graph_steps > 0
+        got.append([llm.result(i).token_ids for i in ids])
+    agree = sum(a == b for g, w in zip(*got) for a, b in zip(g, w)) / sum(len(w) for w in got[1])
+    assert agree > 0.97, agree

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-acceptance", metavar="PRESET|FILE",
                         help="benchmark only, NOT lossless: acceptance drawn from a preset (dspark/math, mtp/chat, "
                              "...), curve:a1,a2,... or a JSONL trace")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="no CUDA graphs: every step runs op by op (same results, slower on a GPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -95,11 +97,12 @@ def run(args: argparse.Namespace) -> int:
     check_context_length(target, drafter, len(ids), args.max_new_tokens)
     opts = SamplingOptions(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
     # plain decoding and speculation in the same engine code, side by side in this run
-    base, base_time = _timed(LLM(target, None, max_num_seqs=1), ids, opts)
+    eager = {"enforce_eager": True} if args.enforce_eager else {}
+    base, base_time = _timed(LLM(target, None, max_num_seqs=1, **eager), ids, opts)
     result, spec_time = base, base_time
     if not args.no_spec:
         policy = policy_for(drafter, True, args.verify_len, args.threshold, args.policy)
-        extra = {"synthetic_acceptance": synthetic} if synthetic is not None else {}
+        extra = dict(eager, **({"synthetic_acceptance": synthetic} if synthetic is not None else {}))
         result, spec_time = _timed(LLM(target, drafter, policy=policy, sps=args.sps, max_num_seqs=1, **extra), ids, opts)
     stats = summarize([result], drafter.config.num_drafts if drafter is not None else 0)
     text = target.tokenizer.decode(result.token_ids) if target.tokenizer is not None else None

@@ -67,6 +67,8 @@ def add_arguments_serve(parser: argparse.ArgumentParser) -> None:
                         help="auto: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default="auto", help="torch device (cpu, cuda, cuda:1, ..., auto)")
     parser.add_argument("--runner", default="auto", choices=["auto", "model", "hf"], help="engine model runner")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="no CUDA graphs: every step runs op by op (same results, slower on a GPU)")
     parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--synthetic-acceptance", metavar="PRESET|FILE",
                         help="benchmark only, NOT lossless: acceptance drawn from a preset, curve:... or a JSONL "
@@ -147,6 +149,8 @@ def build_llm(args: argparse.Namespace) -> Any:
         options["num_pages"] = args.num_pages
     if getattr(args, "synthetic_acceptance", None) is not None:
         options["synthetic_acceptance"] = args.synthetic_acceptance
+    if getattr(args, "enforce_eager", False):
+        options["enforce_eager"] = True
     llm = LLM(target, drafter, policy=policy, sps=args.sps, runner=args.runner, dtype=dtype, device=device,
               detokenize=False, **options)
     return llm, target_path, draft_path

@@ -104,7 +104,7 @@ class _PlanBuffers:
 
     def fill(self, key: StepKey, plan: StepPlan) -> None:
         """Copy a decode step's plan in, padding rows B .. S_pad (device-to-device only)."""
-        b, s, m = len(plan.seqs), key.target.num_seqs, int(plan.logit_rows.shape[0])
+        b, s, m = len(plan.seqs), key.target.num_seqs, int(plan.logit_rows.shape[0])  # padding rows: b .. s
         pairs = [(self.temperature, plan.params.temperature, 1.0), (self.top_k, plan.params.top_k, 0),
                  (self.top_p, plan.params.top_p, 1.0), (self.seeds, plan.seeds, 0), (self.counters, plan.counters, 0),
                  (self.verify_logits, plan.verify_logits, 0), (self.num_verify, plan.num_verify, 0),
@@ -114,10 +114,11 @@ class _PlanBuffers:
             pairs += [(self.draft_ids, plan.draft_ids, 0), (self.draft_probs, plan.draft_probs, 0.0)]
         if plan.forced_accepted is not None:
             pairs.append((self.forced, plan.forced_accepted, 0))
-        for buf, val, pad in pairs:
-            buf[:b].copy_(val)
-            buf[b:s].fill_(pad)
-        self.logit_rows[:m].copy_(plan.logit_rows)
+        pairs.append((self.logit_rows[: key.target.num_tokens], plan.logit_rows, None))
+        torch._foreach_copy_([buf[: val.shape[0]] for buf, val, _ in pairs], [val for _, val, _ in pairs])  # one launch
+        if b < s:
+            for buf, _, pad in pairs[:-1]:
+                buf[b:s].fill_(pad)
         self.logit_rows[m:key.target.num_tokens].zero_()
 
     def fill_idle(self, key: StepKey) -> None:

@@ -80,18 +80,20 @@ class _StaticBuffers:
         n, s, m = src.num_tokens, src.num_seqs, int(src.logits_indices.shape[0])
         n_pad, s_pad = key.num_tokens, key.num_seqs
         pages = src.block_tables.shape[1]
-        for buf, val, pad in ((self.input_ids, src.input_ids, 0), (self.positions, src.positions, 0),
-                              (self.slot_mapping, src.slot_mapping, -1)):
-            buf[:n].copy_(val)
-            buf[n:n_pad].fill_(pad)
-        self.logits_indices[:m].copy_(src.logits_indices)
-        self.logits_indices[m:n_pad].zero_()
-        self.query_start[: s + 1].copy_(src.query_start)
-        self.query_start[s + 1: s_pad + 1].fill_(n_pad)  # the dummy sequence takes every padding token
-        self.context_lens[:s].copy_(src.context_lens)
-        self.context_lens[s:s_pad].zero_()
+        torch._foreach_copy_([self.input_ids[:n], self.positions[:n], self.slot_mapping[:n], self.logits_indices[:m],
+                              self.query_start[: s + 1], self.context_lens[:s]],
+                             [src.input_ids, src.positions, src.slot_mapping, src.logits_indices, src.query_start,
+                              src.context_lens])  # one launch
         self.block_tables[:s, :pages].copy_(src.block_tables)  # columns past `pages` are never read for these rows
-        self.block_tables[s:s_pad].fill_(-1)
+        if n < n_pad:
+            for buf, pad in ((self.input_ids, 0), (self.positions, 0), (self.slot_mapping, -1)):
+                buf[n:n_pad].fill_(pad)
+        if m < n_pad:
+            self.logits_indices[m:n_pad].zero_()
+        if s < s_pad:
+            self.query_start[s + 1: s_pad + 1].fill_(n_pad)  # the dummy sequence takes every padding token
+            self.context_lens[s:s_pad].zero_()
+            self.block_tables[s:s_pad].fill_(-1)
 
     def fill_idle(self, key: GraphKey) -> None:
         """Harmless contents for warm-up and capture: every token in one empty-context sequence, no KV stores."""

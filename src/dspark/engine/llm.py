@@ -151,7 +151,8 @@ class LLM:
             return HFRunner(self.target, self.drafter, num_pages, ps, **extra)
         if kind in ("model", "auto"):
             try:
-                return ModelRunner(self.target, self.drafter, num_pages, ps, max_num_seqs=self.config.max_num_seqs, **extra)
+                return ModelRunner(self.target, self.drafter, num_pages, ps, cuda_graphs=not self.config.enforce_eager,
+                                   max_num_seqs=self.config.max_num_seqs, **extra)
             except UnsupportedModelError:
                 if kind == "model":
                     raise

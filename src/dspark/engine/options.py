@@ -59,6 +59,7 @@ class EngineConfig:
     policy: str = "fixed:7"  # verification-length policy (dspark.scheduling); "none" = plain decoding
     sps_path: str | None = None  # SPS table JSON for dspark / dspark-async / +gate (None: profile or roofline)
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    enforce_eager: bool = False  # no CUDA graphs (the same results, every step launched op by op)
     # benchmark only, NOT lossless: acceptance drawn from a preset / curve:... / JSONL trace (dspark.engine.synthetic)
     synthetic_acceptance: str | None = None
     synthetic_seed: int = 0  # seed of the synthetic acceptance draws

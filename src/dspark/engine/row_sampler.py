@@ -14,10 +14,13 @@ from dspark.sampling import RowParams, processed_probs_rows, sample_from
 
 
 class RowSampler:
-    def __init__(self, params: RowParams, seeds: torch.Tensor, counters: torch.Tensor) -> None:
+    def __init__(self, params: RowParams, seeds: torch.Tensor, counters: torch.Tensor,
+                 uniforms: torch.Tensor | None = None) -> None:
+        """`uniforms` [R, U]: the streams' next U draws, already computed (the step draws them all at once)."""
         self.params = params
         self.seeds = seeds  # [R] int64
         self.counters = counters  # [R] int64, advanced by every draw
+        self._ready, self._used = uniforms, 0
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [R, ..., V] -> processed float32 probs of the same shape (row r with request r's params)."""
@@ -28,7 +31,12 @@ class RowSampler:
 
     def uniforms(self, num: int) -> torch.Tensor:
         """The next `num` draws of every row's stream: [R, num] float64."""
-        u = counter_uniforms(self.seeds, self.counters, num)
+        if self._ready is not None and self._used + num <= self._ready.shape[1]:
+            u = self._ready[:, self._used: self._used + num]
+            self._used += num
+        else:
+            self._ready = None
+            u = counter_uniforms(self.seeds, self.counters, num)
         self.counters = self.counters + num
         return u
 

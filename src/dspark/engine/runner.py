@@ -208,10 +208,13 @@ class Runner:
 
         Slots past a row's ℓ hold whatever its proposal had (or zeros): `rejection_sample` never reads them.
         """
-        empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
-        probs = [states[b].draft_probs if n and states[b].draft_probs is not None else empty
-                 for b, n in zip(verify_rows, num_verify)]
-        return torch.stack(probs)[:, :k] if probs else torch.zeros(0, k, vocab, device=self.device)
+        probs = [states[b].draft_probs if n else None for b, n in zip(verify_rows, num_verify)]
+        if not probs:
+            return torch.zeros(0, k, vocab, device=self.device)
+        if any(p is None for p in probs):
+            empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
+            probs = [empty if p is None else p for p in probs]
+        return torch.stack(probs)[:, :k]
 
     # ------------------------------------------------------------------------------ execute
     def execute(self, out: SchedulerOutput) -> RunnerOutput:

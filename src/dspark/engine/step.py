@@ -75,10 +75,9 @@ class StepResult:
     proposal: Proposal | None  # for plan.draft_rows
 
 
-def _verify(plan: StepPlan, target_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = plan.verify_index
+def _verify(plan: StepPlan, target_probs: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     probs = target_probs[plan.verify_logits]  # [Rv, K+1, V]
-    u = counter_uniforms(plan.seeds[rows], plan.counters[rows], plan.num_drafts + 1)  # [Rv, γ+1]
+    u = uniforms[plan.verify_index, : plan.num_drafts + 1]  # [Rv, γ+1]
     if plan.forced_accepted is not None:
         return forced_accept(plan.draft_ids, probs, plan.forced_accepted, uniforms=u)
     return rejection_sample(plan.draft_ids, plan.draft_probs, probs, plan.num_verify, uniforms=u)
@@ -113,13 +112,13 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     out = target.forward(batch, plan.seqs, layer_ids)  # 1. verify (and prefill)
     target_probs = processed_probs_rows(out.logits, plan.params.select(plan.logit_rows))
     device = target_probs.device
+    g = plan.num_drafts  # every draw of the step at once: γ+1 to verify (or the first token), then γ to draft
+    uniforms = counter_uniforms(plan.seeds, plan.counters, 2 * g + 1 if drafter is not None else g + 1)  # [B, ·]
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    out_ids, num_accepted = _verify(plan, target_probs) if plan.verify_rows else (empty.view(0, 1), empty)  # 2. commit
+    out_ids, num_accepted = _verify(plan, target_probs, uniforms) if plan.verify_rows else (empty.view(0, 1), empty)  # 2. commit
     first_ids = empty
     if plan.first_rows:
-        rows = plan.first_index
-        u = counter_uniforms(plan.seeds[rows], plan.counters[rows], 1)[:, 0]
-        first_ids = sample_from(target_probs[plan.first_logits], uniforms=u)
+        first_ids = sample_from(target_probs[plan.first_logits], uniforms=uniforms[plan.first_index, 0])
     if drafter is None or draft_kv is None:
         return StepResult(out_ids, num_accepted, first_ids, None)
 
@@ -139,7 +138,6 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
         anchors[plan.first_index] = first_ids
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + update.num_new)[rows],
                                            max_len + update.next_ids.shape[1]))
-    sampler = RowSampler(plan.params.select(rows),
-                         plan.seeds[rows], plan.counters[rows] + plan.num_drafts + 1)
+    sampler = RowSampler(plan.params.select(rows), plan.seeds[rows], plan.counters[rows] + g + 1, uniforms[rows, g + 1:])
     proposal = drafter.draft(sub, None if carry is None else carry[rows], anchors[rows], sampler)
     return StepResult(out_ids, num_accepted, first_ids, proposal)
