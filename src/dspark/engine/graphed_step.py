@@ -9,7 +9,7 @@ the sampler cost one launch instead of hundreds. Other steps (prefill chunks, fi
 
 Shapes. A graph serves the target's `GraphKey` (tokens and sequences padded up a ladder, a promised
 query length, a context bound: see `dspark.engine.graphed_target`) plus what the rest of the step
-depends on: the sampling summaries (top-k bucketed to a power of two, any top-p), whether the step
+depends on: the sampling summaries (top-k bucketed to a power of two, any top-p, any greedy row), whether the step
 drafts, the synthetic-acceptance flag, and a power-of-two bound of the drafter's context (its
 attention gathers that many positions). The runner already pads verify blocks to γ and update rows
 to γ+1, so every decode step of B sequences has the same plan shape; sequences B .. S_pad are padding
@@ -42,6 +42,7 @@ class StepKey:
     target: GraphKey
     top_k_bound: int  # 0: no row uses top-k; else a power of two >= every row's top_k
     any_top_p: bool
+    any_greedy: bool
     draft: bool  # every sequence drafts after the step (else none does)
     forced: bool  # synthetic acceptance (benchmarks only)
     draft_context: int  # bound of the drafter's cached context (0 without a drafter)
@@ -93,7 +94,8 @@ class _PlanBuffers:
     def plan(self, key: StepKey, batch: FlatBatch) -> StepPlan:
         s, n = key.target.num_seqs, key.target.num_tokens
         rows = list(range(s))
-        params = RowParams(self.temperature[:s], self.top_k[:s], self.top_p[:s], key.top_k_bound, key.any_top_p, True)
+        params = RowParams(self.temperature[:s], self.top_k[:s], self.top_p[:s], key.top_k_bound, key.any_top_p,
+                           key.any_greedy)
         empty = self.index[:0]
         return StepPlan(batch, [], params, self.seeds[:s], self.counters[:s], self.logit_rows[:n], rows,
                         self.index[:s], self.verify_logits[:s], self.draft_ids[:s], self.draft_probs[:s],
@@ -198,7 +200,7 @@ class GraphedStep:
             if plan.max_context > room:
                 return None
             draft_ctx = min(_pow2_at_least(plan.max_context, MIN_CONTEXT_BUCKET), room)
-        return StepKey(tkey, top_k, p.any_top_p, bool(plan.draft_rows), plan.forced_accepted is not None, draft_ctx)
+        return StepKey(tkey, top_k, p.any_top_p, p.any_greedy, bool(plan.draft_rows), plan.forced_accepted is not None, draft_ctx)
 
     @torch.no_grad()
     def capture(self, key: StepKey) -> _Captured:
