@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=256, help="length of the random prompts")
     p.add_argument("--num-prompts", type=int, default=512, help="distinct prompts (cycled)")
     p.add_argument("--num-requests", type=int, help="measured requests per point (default max(8, 2C))")
-    p.add_argument("--warmup-requests", type=int, help="warm-up requests per point (default C)")
+    p.add_argument("--warmup-requests", type=int, help="warm-up requests per point (default max(2C, 16))")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic-acceptance", metavar="PRESET|FILE", help="benchmark only, NOT lossless")
@@ -247,6 +247,14 @@ def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace
     return LLM(target, spec.drafter, policy=spec.policy, sps=spec.sps, runner=args.runner, detokenize=False, **options)
 
 
+def graph_counts(llm: LLM) -> dict[str, int]:
+    """CUDA graphs captured so far and graphed / eager steps of the engine (empty off the GPU)."""
+    step = llm.runner.step
+    if not hasattr(step, "graphs"):
+        return {}
+    return {"graphs": len(step.graphs), "graph_steps": step.num_graph_steps, "eager_steps": step.num_eager_steps}
+
+
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
                printer: Printer) -> tuple[list[FrontierPoint], str | None]:
     llm = build_engine(spec, target, args, max(len(p) for p in prompts))
@@ -258,7 +266,7 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
             run = run_closed_loop(llm, prompts, c, n, args.max_tokens, warmup_requests=args.warmup_requests,
                                   temperature=args.temperature, seed=args.seed)
             point = run.point(spec.name)
-            point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless"}
+            point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm)}
             points.append(point)
             printer.log(f"{spec.name} c={c}: {point.throughput:.1f} tok/s, {point.per_user_mean:.1f} tok/s/user, "
                         f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s")

@@ -5,7 +5,7 @@ Where it sits: `scripts/bench_frontier.py` runs one `run_closed_loop` per (polic
 
 The loop follows the simulator's closed loop (`dspark.sim.engine`): C requests arrive at the start, every
 finished request is replaced at once (its successor's arrival is that step's end), requests are numbered
-in arrival order, the first `warmup_requests` (default C) are a warm-up, the next `num_requests` are
+in arrival order, the first `warmup_requests` (default max(2C, 16)) are a warm-up, the next `num_requests` are
 measured, and arrivals continue until every measured request has finished, so the load stays at C
 throughout the measured window. Every request asks for exactly `max_tokens` tokens (ignore_eos). Times
 are host clock readings after each `LLM.step()` (which reads its results back once per step, so on a GPU
@@ -59,7 +59,8 @@ def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, nu
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     if llm.has_unfinished():
         raise ConfigError("run the closed loop on an idle engine (requests are running)")
-    warmup = concurrency if warmup_requests is None else int(warmup_requests)
+    # default warm-up: enough steps that the engine's lazily captured CUDA graphs exist before timing starts
+    warmup = max(2 * concurrency, 16) if warmup_requests is None else int(warmup_requests)
     first_measured, end_measured = warmup, warmup + num_requests
     run = ClosedLoopRun(concurrency)
     live: dict[str, int] = {}  # request id -> arrival index
