@@ -131,6 +131,7 @@ class GraphedDenseTarget:
         self.use_graphs = self.device.type == "cuda" and not enforce_eager and model.uses_fused_path()
         self.replay_eagerly = False  # tests: pad into the static buffers but run the model instead of a graph
         self.graphs: dict[GraphKey, _Captured] = {}
+        self._splits: dict[tuple[int, int], bool] = {}  # (seqs, query len) -> does the attention plan split
         self._static: _StaticBuffers | None = None
         self._pool = None
         self.num_graph_steps = self.num_eager_steps = 0
@@ -168,12 +169,14 @@ class GraphedDenseTarget:
 
     def context_bound(self, num_seqs: int, max_query_len: int, max_context_len: int) -> int:
         full = self.max_model_len - max_query_len
-        from dspark.kernels import plan_attention
+        if (num_seqs, max_query_len) not in self._splits:
+            from dspark.kernels import plan_attention
 
-        cfg = self.model.config
-        plan = plan_attention(num_seqs, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim,
-                              max_query_len, self.max_model_len, self._num_sms(), self.model.dtype.itemsize)
-        if plan.num_splits == 1:
+            cfg = self.model.config
+            plan = plan_attention(num_seqs, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim,
+                                  max_query_len, self.max_model_len, self._num_sms(), self.model.dtype.itemsize)
+            self._splits[num_seqs, max_query_len] = plan.num_splits > 1
+        if not self._splits[num_seqs, max_query_len]:
             return full
         bucket = MIN_CONTEXT_BUCKET
         while bucket < max_context_len:

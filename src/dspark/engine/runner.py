@@ -77,13 +77,10 @@ class _Upload:
             packed = packed.pin_memory().to(self.device, non_blocking=True)
         else:
             packed = packed.to(self.device)
-        out = []
-        for start, shape in self.shapes:
-            n = 1
-            for d in shape:
-                n *= d
-            out.append(packed[start:start + n].view(shape))
-        return out
+        ends = [start for start, _ in self.shapes[1:]] + [len(self.flat)]
+        sizes = [end - start for (start, _), end in zip(self.shapes, ends)]
+        parts = torch.split(packed, sizes)  # views, one call
+        return [part if len(shape) == 1 else part.view(shape) for part, (_, shape) in zip(parts, self.shapes)]
 
 
 class Runner:
