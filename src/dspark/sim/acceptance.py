@@ -15,7 +15,8 @@ Three sources:
   is accepted with probability p, and the confidence reported is c = p (``calibrated``) or
   c = sigmoid(logit(p) + δ) (``overconfident:δ``; the default δ = 0.5 puts the expected calibration
   error of the prefix survival a_k at about 7-9%, the raw, uncalibrated end of what the paper reports).
-* **trace replay** from a JSONL file of recorded rounds (format in `TraceAcceptance`).
+* **trace replay** from a JSONL file of recorded rounds (format in `TraceAcceptance`; `trace_records`
+  turns an engine's round records into it).
 
 The presets are per-slot conditional acceptance read from the paper's Fig. 2 (γ = 7, Qwen3-4B target,
 averaged over the benchmarks of each domain): the numbers below were taken off the plotted curves and
@@ -36,7 +37,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -118,33 +120,54 @@ class CurveAcceptance:
         return 1.0 + float(np.cumprod(np.asarray(self.curve[:k])).sum())
 
 
+CENSORED = ("reject", "confidence", "drop")
+
+
 class TraceAcceptance:
     """Replay of recorded rounds. Each round of the simulator samples records uniformly with replacement.
 
-    JSONL, one object per recorded round of ONE request (as `dspark eval` writes them)::
+    JSONL, one object per recorded round of ONE request (as `dspark eval` and `trace_records` write them)::
 
         {"confidences": [0.93, 0.88, 0.91, 0.72, 0.80, 0.85, 0.60], "accepted": 3}
 
     * ``confidences``: the drafter's CONDITIONAL confidences c_1..c_γ for that round (after calibration,
       as the scheduler would see them); every record must have the same γ >= 1; each value in [0, 1].
     * ``accepted``: accepted drafts in that round, 0..γ, recorded with all γ drafts verified.
-    * ``verified`` (optional, default γ): drafts verified when recorded. If smaller than γ, slots past it
-      were never tested; the replay treats them as rejected (a conservative choice), so ``accepted`` must
-      not exceed it.
+    * ``verified`` (optional, default γ): drafts verified when recorded (an engine verifies what its
+      policy chose). A record with ``accepted < verified`` is exact: the first rejection was seen. One
+      with ``accepted == verified < γ`` is CENSORED: the slots past ``verified`` were never tested.
+      `censored` says how the replay treats them: ``"reject"`` (default, conservative) as rejected;
+      ``"confidence"`` continues slot by slot, accepting slot k with the record's own c_k (right for a
+      calibrated drafter, exact for synthetic acceptance, whose confidences are the true probabilities);
+      ``"drop"`` leaves censored records out (biased low: it drops the rounds that went well).
     Other keys (``request``, ``round``, ``domain``, ...) are ignored. Blank lines are skipped.
     """
 
-    def __init__(self, confidences: np.ndarray, accepted: np.ndarray, name: str = "trace") -> None:
+    def __init__(self, confidences: np.ndarray, accepted: np.ndarray, name: str = "trace",
+                 verified: np.ndarray | None = None, censored: str = "reject") -> None:
+        if censored not in CENSORED:
+            raise ConfigError(f"censored must be one of {', '.join(CENSORED)}, got {censored!r}")
+        gamma = confidences.shape[1]
+        verified = np.full(accepted.shape, gamma, dtype=np.int64) if verified is None else np.asarray(verified, dtype=np.int64)
+        cut = (accepted == verified) & (verified < gamma)  # [N] censored records
+        if censored == "drop":
+            if cut.all():
+                raise DataError(f"{name}: every record is censored (accepted == verified < γ): nothing left to replay")
+            confidences, accepted, verified, cut = confidences[~cut], accepted[~cut], verified[~cut], cut[~cut]
         self.confidences = confidences  # [N, γ]
         self.accepted = accepted  # [N]
-        self.gamma = confidences.shape[1]
-        self.name = name
+        self.verified = verified  # [N]
+        self.gamma = gamma
+        self.censored = censored
+        self._cut = cut
+        self.name = name if censored == "reject" else f"{name} censored:{censored}"
 
     @classmethod
-    def load(cls, path: str | Path) -> TraceAcceptance:
+    def load(cls, path: str | Path, censored: str = "reject") -> TraceAcceptance:
         path = Path(path)
         rows: list[list[float]] = []
         accepted: list[int] = []
+        verified: list[int] = []
         with path.open() as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -154,15 +177,17 @@ class TraceAcceptance:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-                conf, acc = cls._check_record(rec, where, len(rows[0]) if rows else None)
+                conf, acc, ver = cls._check_record(rec, where, len(rows[0]) if rows else None)
                 rows.append(conf)
                 accepted.append(acc)
+                verified.append(ver)
         if not rows:
             raise DataError(f"{path}: no trace records")
-        return cls(np.asarray(rows, dtype=np.float64), np.asarray(accepted, dtype=np.int64), name=f"trace:{path.name}")
+        return cls(np.asarray(rows, dtype=np.float64), np.asarray(accepted, dtype=np.int64), name=f"trace:{path.name}",
+                   verified=np.asarray(verified, dtype=np.int64), censored=censored)
 
     @staticmethod
-    def _check_record(rec: object, where: str, gamma: int | None) -> tuple[list[float], int]:
+    def _check_record(rec: object, where: str, gamma: int | None) -> tuple[list[float], int, int]:
         if not isinstance(rec, dict) or "confidences" not in rec or "accepted" not in rec:
             raise DataError(f"{where}: a record needs 'confidences' (list) and 'accepted' (int)")
         conf = rec["confidences"]
@@ -178,18 +203,59 @@ class TraceAcceptance:
             raise DataError(f"{where}: 'verified' must be an integer in 0..{len(conf)}")
         if not isinstance(acc, int) or isinstance(acc, bool) or not 0 <= acc <= verified:
             raise DataError(f"{where}: 'accepted' must be an integer in 0..{verified}, got {acc!r}")
-        return [float(c) for c in conf], acc
+        return [float(c) for c in conf], acc, verified
+
+    @property
+    def censored_fraction(self) -> float:
+        """Share of the kept records that are censored (accepted == verified < γ)."""
+        return float(np.mean(self._cut)) if self._cut.size else 0.0
 
     def draw(self, num_requests: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.integers(0, self.accepted.size, size=num_requests)  # [R]
-        return self.confidences[idx], self.accepted[idx]
+        accepted = self.accepted[idx]
+        if self.censored == "confidence":
+            cut = self._cut[idx]
+            if cut.any():
+                conf = self.confidences[idx[cut]]  # [n, γ]
+                tested = np.arange(self.gamma)[None, :] < accepted[cut][:, None]  # slots seen accepted
+                accepted = accepted.copy()
+                accepted[cut] = _leading_ones(tested | (rng.random(conf.shape) < conf))
+        return self.confidences[idx], accepted
 
     def conditional_acceptance(self) -> np.ndarray:
-        """Measured per-slot conditional acceptance of the trace -> [γ] (NaN where no round reached k)."""
-        reached = self.accepted[:, None] >= np.arange(self.gamma)[None, :]  # [N, γ]
-        passed = self.accepted[:, None] > np.arange(self.gamma)[None, :]
+        """Measured per-slot conditional acceptance of the trace -> [γ] (NaN where no round tested slot k).
+
+        Censoring-aware (Kaplan-Meier): slot k counts among the rounds that tested it (verified > k)."""
+        slots = np.arange(self.gamma)[None, :]
+        reached = (self.accepted[:, None] >= slots) & (self.verified[:, None] > slots)  # [N, γ]
+        passed = self.accepted[:, None] > slots
         with np.errstate(invalid="ignore", divide="ignore"):
             return passed.sum(0) / reached.sum(0)
+
+
+def trace_records(rounds: Iterable[Any]) -> list[dict[str, Any]]:
+    """JSONL records (the `TraceAcceptance` format) from an engine's round records.
+
+    `rounds`: objects with ``drafted``, ``verified``, ``accepted`` and ``confidences`` (the engine's
+    `RoundRecord`: the conditional confidences of the drafts that round verified, and how many of the
+    VERIFIED ones were accepted). Rounds without drafts (plain rounds, a closed draft gate) are left
+    out. Rounds of a drafter without confidences get the trace's censoring-aware per-slot acceptance
+    as their confidences (the only thing a replay can use for them). Rounds with fewer verified than
+    drafted keep ``verified``: they are censored when all of those were accepted (see `TraceAcceptance`).
+    """
+    rows = [r for r in rounds if r.drafted > 0]
+    gamma = max((r.drafted for r in rows), default=0)
+    rows = [r for r in rows if r.drafted == gamma]
+    records = [{"confidences": None if r.confidences is None else [min(1.0, max(0.0, float(c))) for c in r.confidences],
+                "accepted": int(r.accepted), "verified": int(r.verified)} for r in rows]
+    if any(rec["confidences"] is None for rec in records):
+        probe = TraceAcceptance(np.full((len(records), gamma), 0.5), np.array([rec["accepted"] for rec in records]),
+                                verified=np.array([rec["verified"] for rec in records]))
+        fill = [0.0 if not np.isfinite(x) else float(x) for x in probe.conditional_acceptance()]
+        for rec in records:
+            if rec["confidences"] is None:
+                rec["confidences"] = fill
+    return records
 
 
 def preset_names() -> list[str]:
@@ -202,16 +268,18 @@ def make_acceptance(
     confidence: str = "calibrated",
     sharpness: float = DEFAULT_SHARPNESS,
     gamma: int | None = None,
+    censored: str = "reject",
 ) -> AcceptanceModel:
     """Build a model from `spec`: a preset ``DRAFTER/DOMAIN``, ``curve:a1,a2,...`` or a ``.jsonl`` trace path.
 
     `confidence` is ``calibrated`` or ``overconfident[:δ]`` (curves only); `gamma` truncates a curve
-    (γ <= its length). Raises ConfigError naming the problem.
+    (γ <= its length); `censored` is how a trace replays its censored rounds (`TraceAcceptance`).
+    Raises ConfigError naming the problem.
     """
     if spec.endswith(".jsonl"):
         if not Path(spec).is_file():
             raise ConfigError(f"acceptance trace {spec} does not exist")
-        model = TraceAcceptance.load(spec)
+        model = TraceAcceptance.load(spec, censored=censored)
         if gamma is not None and gamma != model.gamma:
             raise ConfigError(f"the trace has γ = {model.gamma}; --gamma {gamma} does not match")
         return model
