@@ -83,7 +83,7 @@ def test_trace_replay_through_the_engine(tmp_path):
 
 def test_bad_configs():
     with pytest.raises(ConfigError, match="prefill"):
-        simulate(SimConfig(prefill="chunked"), Arrivals(concurrency=1), FLAT, ALWAYS)
+        simulate(SimConfig(prefill="disaggregated"), Arrivals(concurrency=1), FLAT, ALWAYS)
     with pytest.raises(ConfigError, match="unknown policy"):
         simulate(SimConfig(policy="fast"), Arrivals(concurrency=1), FLAT, ALWAYS)
     with pytest.raises(ConfigError, match="exactly one"):

@@ -5,7 +5,8 @@ and learns when requests arrive from an `Arrivals` process (a fixed concurrency,
 which every finished request is replaced at once, or an open Poisson stream at a given rate).
 
 Length specs (CLI strings): ``N`` or ``fixed:N``; ``uniform:LO:HI`` (integers, inclusive);
-``lognormal:MEDIAN:SIGMA`` (rounded, at least 1).
+``lognormal:MEDIAN:SIGMA`` (rounded, at least 1). A `LengthSequence` replays given lengths in request
+order (a benchmark's prompt list).
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ class LengthDist:
         if self.kind == "uniform":
             return f"uniform:{int(self.a)}:{int(self.b)}"
         return f"lognormal:{self.a:g}:{self.b:g}"
+
+
+@dataclass(frozen=True)
+class LengthSequence:
+    """Given lengths replayed in order: request i (in arrival order) gets ``values[i % len(values)]``.
+
+    This is how a benchmark's closed loop cycles through its prompt list (`dspark.eval.closed_loop`), so a
+    simulation of it sees the same prompt length at the same request. `sample` draws uniformly instead.
+    """
+
+    values: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        values = tuple(int(v) for v in self.values)
+        if not values or min(values) < 1:
+            raise ConfigError(f"a length sequence needs lengths >= 1, got {list(self.values)[:8]}")
+        object.__setattr__(self, "values", values)
+
+    def at(self, index: int) -> int:
+        return self.values[index % len(self.values)]
+
+    def sample(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        return np.asarray(self.values, dtype=np.int64)[rng.integers(0, len(self.values), size=n)]
+
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    def __str__(self) -> str:
+        return f"sequence of {len(self.values)} (mean {self.mean():.1f})"
 
 
 class Arrivals:
