@@ -23,6 +23,17 @@ MTP-1 module of random weights fitted to the target; without one, ``mtp1`` is le
 list (fixed:1 on a γ-slot drafter is not MTP-1: it pays the whole drafter's cost). Policies needing an
 SPS table take `--sps FILE` (else the engine profiles itself at start and caches the table).
 
+`--simulate` holds the simulator against every point (`dspark.eval.sim_check`): after a policy's closed
+loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none), the
+step costs the table leaves out (a prefill chunk in a step, longer contexts, the planner's host time, CUDA-graph padding:
+`dspark.sim.cost`, measured on the same engine) and a trace of the measured requests' rounds feed
+`dspark.sim.engine` with the same policy, concurrency, request counts, prompt lengths and max tokens.
+A second table gives per point the simulated throughput and per-user tokens/s beside the measured ones
+and the relative errors (also those of the table-only model, `dspark simulate --sps TABLE`), then the
+largest |error| per policy; the JSON gets a "simulation" key. `--sim-dir DIR` keeps each policy's
+table, cost terms and trace (POLICY.sps.json, POLICY.cost.json, POLICY.trace.jsonl) for
+`dspark simulate`. CPU timings make this a check of the pipeline, not a measurement.
+
 Targets: a model directory, or ``random:SHAPE`` (``qwen3-4b``, ``qwen3-8b``; ``tiny`` for tests) with
 random weights made on the device; drafters: a checkpoint directory or ``random[:LAYERS]`` (DSpark,
 default 5 layers). Random weights need `--synthetic-acceptance PRESET|FILE` (`dspark.engine.synthetic`:
@@ -49,10 +60,13 @@ from dspark.drafters.base import Drafter
 from dspark.engine.llm import LLM
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
-from dspark.eval.closed_loop import run_closed_loop
+from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
 from dspark.eval.frontier import SLA_FRACTIONS, FrontierPoint, reference_speed, sla_summary
+from dspark.eval.sim_check import (EngineCosts, PlannerTimer, Workload, acceptance_from_rounds, compare, engine_cost,
+                                   max_errors, simulate_point)
 from dspark.formats import load_drafter
 from dspark.scheduling import SPSTable, parse_policy
+from dspark.sim.acceptance import CurveAcceptance
 from dspark.targets.adapter import TargetModel
 from dspark.targets.random_weights import random_drafter, random_target
 
@@ -95,6 +109,11 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _auto_or_ints(text: str) -> str | list[int]:
+    word = text.strip().lower()
+    return word if word in ("auto", "none") else _ints(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="model directory or random:SHAPE (default: the embedded tiny target)")
@@ -122,6 +141,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--plot", help="PNG of throughput against per-user tokens/s per policy")
     p.add_argument("--json-out", help="write the JSON result here too")
+    p.add_argument("--simulate", action="store_true", help="simulate every point with the engine's own costs and "
+                   "acceptance trace, and report the simulator's error")
+    p.add_argument("--sim-dir", help="with --simulate: keep each policy's SPS table, cost terms and trace here")
+    p.add_argument("--sim-requests", type=_auto_or_ints, default="auto", help="with --simulate: request counts the step costs must cover "
+                   "(re-profiled where the planner's table stops short): auto = the concurrencies, none, or a list")
     return p.parse_args(argv)
 
 
@@ -256,10 +280,12 @@ def graph_counts(llm: LLM) -> dict[str, int]:
 
 
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
-               printer: Printer) -> tuple[list[FrontierPoint], str | None]:
+               printer: Printer) -> tuple[list[FrontierPoint], str | None, dict | None]:
+    """The policy's closed loops on its own engine; with --simulate also the simulator's rows for them."""
     llm = build_engine(spec, target, args, max(len(p) for p in prompts))
     label = llm.synthetic_label
-    points = []
+    points, runs = [], []
+    timer = PlannerTimer(llm.scheduler.planner).install(llm) if args.simulate else None  # host time of the planning
     try:
         for c in args.concurrency:
             n = args.num_requests or max(8, 2 * c)
@@ -268,14 +294,68 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
             point = run.point(spec.name)
             point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm)}
             points.append(point)
+            runs.append(run)
             printer.log(f"{spec.name} c={c}: {point.throughput:.1f} tok/s, {point.per_user_mean:.1f} tok/s/user, "
                         f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s")
+        if timer is not None:
+            timer.restore(llm)
+        sim = simulate_policy(spec, llm, prompts, points, runs, timer, args, printer) if args.simulate else None
     finally:
         del llm
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return points, label
+    return points, label, sim
+
+
+def simulate_policy(spec: EngineSpec, llm: LLM, prompts: list[list[int]], points: list[FrontierPoint],
+                    runs: list[ClosedLoopRun], timer: PlannerTimer | None, args: argparse.Namespace,
+                    printer: Printer) -> dict:
+    """`dspark.eval.sim_check` for one engine: its costs, its rounds' trace, every point simulated."""
+    lengths = tuple(len(p) for p in prompts)
+    mean_prompt = float(np.mean(lengths))
+    t0 = time.time()
+    acceptance = acceptance_from_rounds([rec for run in runs for rec in run.rounds], spec.name)
+    if acceptance is None and spec.drafter is not None:  # a gate that never opened: nothing recorded to replay
+        printer.log(f"{spec.name}: no drafted round recorded; the simulator replays 'nothing accepted'")
+        acceptance = CurveAcceptance((1e-6,) * llm.num_drafts, name="none recorded")
+    cover = {"auto": args.concurrency, "none": []}.get(args.sim_requests, args.sim_requests)
+    costs = engine_cost(llm, mean_prompt, mean_prompt + args.max_tokens / 2, table=spec.sps, acceptance=acceptance,
+                        requests=args.concurrency, cover=cover, timer=timer, seed=args.seed)
+    work = Workload(lengths, args.max_tokens, llm.config.max_num_batched_tokens, args.seed)
+    rows = []
+    for point in points:
+        c = point.concurrency
+        n = args.num_requests or max(8, 2 * c)
+        warm = default_warmup(c) if args.warmup_requests is None else args.warmup_requests
+        sim = simulate_point(spec.policy, c, n, warm, work, costs.table, costs.cost, acceptance)
+        base = simulate_point(spec.policy, c, n, warm, work, costs.table, costs.cost, acceptance, base=True)
+        rows.append(compare(point, sim, base))
+    printer.log(f"{spec.name}: simulated {len(rows)} points ({time.time() - t0:.1f} s with the cost measurements)")
+    trace = None
+    if acceptance is not None:
+        trace = {"records": int(acceptance.accepted.size), "gamma": acceptance.gamma,
+                 "censored": acceptance.censored_fraction, "conditional": acceptance.conditional_acceptance().tolist()}
+    if args.sim_dir:
+        save_sim_inputs(args.sim_dir, spec.name, costs, runs)
+    engine = {k: v for k, v in costs.to_dict().items() if k != "rows"}  # the raw measurements: --sim-dir
+    return {"rows": rows, "engine": {**engine, "trace": trace}}
+
+
+def save_sim_inputs(directory: str, name: str, costs: EngineCosts, runs: list[ClosedLoopRun]) -> None:
+    """POLICY.sps.json, POLICY.cost.json and POLICY.trace.jsonl (for `dspark simulate --sps ... --acceptance ...`)."""
+    from pathlib import Path
+
+    from dspark.sim.acceptance import trace_records
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = name.replace(":", "-").replace("+", "_")
+    costs.table.save(out / f"{stem}.sps.json")
+    (out / f"{stem}.cost.json").write_text(json.dumps({"cost": costs.cost.to_dict(), "rows": costs.rows}, indent=1) + "\n")
+    with open(out / f"{stem}.trace.jsonl", "w") as fh:
+        for rec in trace_records([r for run in runs for r in run.rounds]):
+            fh.write(json.dumps(rec) + "\n")
 
 
 def _fmt(x: float | None, width: int, digits: int = 1) -> str:
@@ -307,17 +387,42 @@ def print_report(points: list[FrontierPoint], sla: list[dict], printer: Printer,
         printer.out(f"{policy:<20}" + "".join(f"{c:>30}" for c in cells))
 
 
+def print_sim_report(rows: list[dict], printer: Printer, cpu: bool) -> None:
+    printer.out()
+    printer.out("simulator against the engine (SIMULATED beside MEASURED; err = simulated / measured - 1; table-only = "
+                "the SPS table alone, inline prefill)" + ("; CPU timings: a pipeline check, NOT a measurement" if cpu else ""))
+    printer.out(f"{'policy':<20}{'conc':>5}{'tok/s':>10}{'sim':>10}{'err':>8}{'tok/s/user':>11}{'sim':>9}{'err':>8}"
+                f"{'table-only err':>16}{'verify':>7}{'sim':>6}{'tau':>6}{'sim':>6}{'drafted':>8}{'sim':>6}")
+    for r in rows:
+        base = f"{r['base_throughput_error']:+.1%} {r['base_per_user_error']:+.1%}" if "base_throughput_error" in r else "-"
+        printer.out(f"{r['policy']:<20}{r['concurrency']:>5}{r['throughput']:>10.1f}{r['sim_throughput']:>10.1f}"
+                    f"{r['throughput_error']:>+8.1%}{r['per_user']:>11.1f}{r['sim_per_user']:>9.1f}{r['per_user_error']:>+8.1%}"
+                    f"{base:>16}{r['verify']:>7.2f}{r['sim_verify']:>6.2f}{r['tau']:>6.2f}{r['sim_tau']:>6.2f}"
+                    f"{r['drafted']:>8.2f}{r['sim_drafted']:>6.2f}")
+    for policy, err in max_errors(rows).items():
+        base = (f" (table-only: {err['base_throughput_error']:.1%}, {err['base_per_user_error']:.1%})"
+                if "base_throughput_error" in err else "")
+        printer.out(f"max |error| {policy}: throughput {err['throughput_error']:.1%}, per-user {err['per_user_error']:.1%}{base}")
+
+
 def summary(args: argparse.Namespace, points: list[FrontierPoint], labels: dict[str, str | None], device: str,
-            dtype: str, seconds: float) -> dict[str, object]:
+            dtype: str, seconds: float, sims: dict[str, dict] | None = None) -> dict[str, object]:
     """The JSON result (also written after every policy with --json-out, so a cut-short run keeps its points)."""
     synthetic = args.synthetic_acceptance is not None
     has_none = any(p.policy == "none" for p in points)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
-    return {"bench": "frontier", "lossless": not synthetic, "note": NOT_LOSSLESS if synthetic else "lossless",
-            "synthetic_acceptance": {k: v for k, v in labels.items() if v} or None, "device": gpu, "dtype": dtype,
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "seconds": seconds, "config": vars(args),
-            "reference_per_user": reference_speed(points) if has_none else None,
-            "points": [p.to_dict() for p in points], "sla": sla_summary(points) if has_none else [], "plot": args.plot}
+    result = {"bench": "frontier", "lossless": not synthetic, "note": NOT_LOSSLESS if synthetic else "lossless",
+              "synthetic_acceptance": {k: v for k, v in labels.items() if v} or None, "device": gpu, "dtype": dtype,
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "seconds": seconds, "config": vars(args),
+              "reference_per_user": reference_speed(points) if has_none else None,
+              "points": [p.to_dict() for p in points], "sla": sla_summary(points) if has_none else [], "plot": args.plot}
+    if sims is not None:
+        rows = [row for sim in sims.values() for row in sim["rows"]]
+        result["simulation"] = {"note": "SIMULATED (dspark.sim) beside the measured points" + (
+                                    "; CPU timings: a pipeline check, NOT a measurement" if device == "cpu" else ""),
+                                "points": rows, "max_abs_error": max_errors(rows),
+                                "engines": {name: sim["engine"] for name, sim in sims.items()}}
+    return result
 
 
 def write_json(path: str | None, result: dict[str, object]) -> str:
@@ -336,22 +441,27 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     points: list[FrontierPoint] = []
     labels: dict[str, str | None] = {}
+    sims: dict[str, dict] | None = {} if args.simulate else None
     try:
         if args.target and args.target.startswith("random:") and not args.synthetic_acceptance:
             raise ConfigError("a random-weight target accepts nothing: give --synthetic-acceptance PRESET|FILE")
         target, drafter, device, dtype = load_models(args)
         prompts = prompt_set(args, target)
         for spec in engine_specs(args, target, drafter, printer):
-            got, labels[spec.name] = run_policy(spec, target, prompts, args, printer)
+            got, labels[spec.name], sim = run_policy(spec, target, prompts, args, printer)
             points += got
-            write_json(args.json_out, summary(args, points, labels, device, dtype, time.time() - t0))
-        result = summary(args, points, labels, device, dtype, time.time() - t0)
+            if sims is not None and sim is not None:
+                sims[spec.name] = sim
+            write_json(args.json_out, summary(args, points, labels, device, dtype, time.time() - t0, sims))
+        result = summary(args, points, labels, device, dtype, time.time() - t0, sims)
     except DSparkError as exc:
         print(f"bench_frontier: error: {exc}", file=sys.stderr)
         return 2
     drafter_name = args.drafter or (DEFAULT_DRAFT.name if args.target is None else "no drafter")
     print_report(points, result["sla"], printer, f"frontier: {target.path} + {drafter_name} on {result['device']} "
                  f"({dtype}), {args.max_tokens} tokens/request, {args.prompts or 'random prompts'}")
+    if result.get("simulation"):
+        print_sim_report(result["simulation"]["points"], printer, device == "cpu")
     if args.plot:
         from dspark.sim.plots import plot_frontier
 

@@ -25,6 +25,7 @@ from dspark.eval.frontier import FrontierPoint, point_metrics
 
 if TYPE_CHECKING:
     from dspark.engine.llm import LLM
+    from dspark.engine.results import RoundRecord
 
 
 @dataclass
@@ -41,11 +42,17 @@ class ClosedLoopRun:
     verified: list[int] = field(default_factory=list)
     committed: list[int] = field(default_factory=list)
     drafted: list[bool] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)  # the measured requests' rounds, as the engine recorded them
     wall_s: float = 0.0
 
     def point(self, policy: str) -> FrontierPoint:
         return point_metrics(policy, self.concurrency, self.arrival, self.first, self.finish, self.num_tokens,
                              self.step_end, self.step_tokens, self.verified, self.committed, self.drafted)
+
+
+def default_warmup(concurrency: int) -> int:
+    """Warm-up requests when none are given: enough steps that lazily captured CUDA graphs exist before timing."""
+    return max(2 * concurrency, 16)
 
 
 def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, num_requests: int, max_tokens: int, *,
@@ -59,8 +66,7 @@ def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, nu
             raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
     if llm.has_unfinished():
         raise ConfigError("run the closed loop on an idle engine (requests are running)")
-    # default warm-up: enough steps that the engine's lazily captured CUDA graphs exist before timing starts
-    warmup = max(2 * concurrency, 16) if warmup_requests is None else int(warmup_requests)
+    warmup = default_warmup(concurrency) if warmup_requests is None else int(warmup_requests)
     first_measured, end_measured = warmup, warmup + num_requests
     run = ClosedLoopRun(concurrency)
     live: dict[str, int] = {}  # request id -> arrival index
@@ -99,7 +105,9 @@ def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, nu
                 run.first.append(first.get(index, now))
                 run.finish.append(now)
                 run.num_tokens.append(len(out.token_ids))
-                for rec in llm.request(out.request_id).rounds:
+                rounds = llm.request(out.request_id).rounds
+                run.rounds += rounds
+                for rec in rounds:
                     run.verified.append(rec.verified)
                     run.committed.append(rec.committed if rec.stopped else rec.accepted + 1)
                     run.drafted.append(rec.drafted > 0)

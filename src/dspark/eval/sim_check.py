@@ -1,0 +1,498 @@
+"""The simulator held against the engine: the same workload simulated beside every measured frontier point.
+
+Where it sits: ``scripts/bench_frontier.py --simulate``. For each policy's engine (`dspark.engine.LLM`),
+after its closed loops (`dspark.eval.closed_loop`):
+
+1. **Costs** (`engine_cost`): the SPS table the engine's planner uses (or, for policies that need none,
+   the one `dspark.engine.profile.table_for` profiles and caches for this engine; re-profiled with
+   `profile_engine` at more request counts when the grid goes past the table's largest, so the
+   simulator prices no step by extrapolation), plus the terms the table leaves out
+   (`dspark.sim.cost.StepCost`), measured here on the same engine:
+   * `measure_prefill_cost`: what a prefill chunk adds to a step (steps with and without one new
+     request, timed with the profiler's own `_median_seconds`);
+   * `measure_context_cost`: what a longer context adds per decoding row (`profile_engine` at the
+     table's context and at the workload's, one request count);
+   * `measure_plan_cost`: the planner's host time per drafted round beyond ``fixed:γ``'s, timed in the
+     closed loops themselves by a `PlannerTimer` standing in for the engine's planner;
+   * the CUDA-graph padding ladder of the engine's step (`graph_ladder`; None when it runs eagerly).
+2. **Acceptance**: a trace of the measured requests' rounds (`dspark.sim.acceptance.trace_records`, all
+   concurrencies of the policy pooled). The engine only sees acceptance among the drafts it VERIFIED:
+   rounds with ℓ < γ whose ℓ drafts were all accepted are censored, and the replay continues them slot
+   by slot at the round's own calibrated confidences (``censored="confidence"``; exact in distribution
+   for synthetic acceptance, whose confidences are the true probabilities).
+3. **Simulation** (`simulate_point`): `dspark.sim.engine` with the same policy, closed loop at the same
+   concurrency, the same measured / warm-up request counts, the same prompt lengths in the same order
+   (`LengthSequence`), the engine's chunked prefill within its `max_num_batched_tokens`, exactly
+   `max_tokens` output tokens and the engine's budget rule (the last round verifies what the policy
+   chose; its commit is cut).
+4. **Errors** (`compare`): simulated / measured − 1 for throughput and per-user tokens/s, per point, and
+   the largest |error| per policy (`max_errors`). `simulate_point(..., base=True)` gives the table-only
+   model (`dspark simulate --sps TABLE --prefill inline` as it always was) for comparison.
+
+Timings taken here are only as good as the machine: on a shared CPU they are noise, not a measurement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dspark.errors import ConfigError
+from dspark.scheduling import SPSTable, parse_policy
+from dspark.scheduling.planner import NEEDS_SPS
+from dspark.sim.acceptance import AcceptanceModel, CurveAcceptance, TraceAcceptance, trace_records
+from dspark.sim.cost import PrefillCost, RequestCurve, StepCost
+from dspark.sim.engine import SimConfig, SimResult, simulate
+from dspark.sim.workload import Arrivals, LengthDist, LengthSequence
+
+if TYPE_CHECKING:
+    from dspark.engine.llm import LLM
+    from dspark.eval.frontier import FrontierPoint
+
+log = logging.getLogger(__name__)
+
+PREFILL_REQUESTS = (0, 1, 4, 16, 64)  # decoding rows beside the measured prefill (0: a step of prefill alone)
+
+
+# ---------------------------------------------------------------------------------------------- costs
+def planner_table(llm: LLM, given: SPSTable | None = None) -> SPSTable:
+    """The table the engine's planner reads: `given` (the table the engine was built with), else the
+    planner's own; for a policy that needs none, the engine's profile (`table_for`: cached, or measured now)."""
+    from dspark.engine.profile import table_for
+
+    if given is not None:
+        return given
+    parsed = parse_policy(llm.config.policy)
+    uses_table = parsed.kind in NEEDS_SPS or parsed.gate
+    return llm.planner.sps if uses_table else table_for(llm)
+
+
+def graph_ladder(llm: LLM) -> tuple[int, ...] | None:
+    """The token / sequence ladder the engine's CUDA graphs pad decode steps to (None: eager steps)."""
+    if not getattr(llm.runner.step, "enabled", False):
+        return None
+    sizes = getattr(llm.runner.target, "sizes", None)
+    return tuple(int(x) for x in sizes) if sizes else None
+
+
+def _start_decoding(llm: LLM, num: int, context: int, max_tokens: int, rng: np.random.Generator, tag: str) -> list[str]:
+    """`num` requests of random `context`-token prompts, stepped until every one decodes (as `profile_engine`)."""
+    from dspark.engine.options import SamplingOptions
+    from dspark.scheduling.planner import VerifyPlanner
+
+    ids = [llm.add_request(rng.integers(0, llm.target.vocab_size, context).tolist(),
+                           SamplingOptions(max_tokens, temperature=1.0, seed=i, ignore_eos=True), request_id=f"{tag}-{i}")
+           for i in range(num)]
+    llm.scheduler.planner = VerifyPlanner(f"fixed:{llm.num_drafts}") if llm.num_drafts else VerifyPlanner("none")
+    while any(llm.request(i).in_prefill or not llm.request(i).output_ids for i in ids):
+        llm.step()
+    return ids
+
+
+def _drop(llm: LLM, ids: Sequence[str]) -> None:
+    for rid in ids:
+        llm.abort(rid)
+        llm.release(rid)
+    llm.step()  # hand the released state to the runner
+
+
+def _fit_prefill(rows: list[dict[str, float]]) -> PrefillCost:
+    """One mode's `PrefillCost` from its rows: per-token and per-chunk slopes (medians over R), then the
+    fixed part per R as the mean residual of its three measurements. Negative values (noise) become 0."""
+    token_s = max(0.0, float(np.median([(r["long"] - r["one"]) / r["prompt_len"] for r in rows])))
+    row_s = max(0.0, float(np.median([r["two"] - r["long"] for r in rows])))
+    fixed = []
+    for r in rows:
+        resid = [r["one"] - token_s * r["prompt_len"], r["long"] - 2 * token_s * r["prompt_len"],
+                 r["two"] - row_s - 2 * token_s * r["prompt_len"]]
+        fixed.append(max(0.0, float(np.mean(resid)) - r["base"]))
+    return PrefillCost(RequestCurve(tuple(int(r["requests"]) for r in rows), tuple(fixed)), row_s, token_s)
+
+
+def _pages_fit(llm: LLM, num: int, tokens: int, extra_tokens: int = 0) -> bool:
+    """Do `num` sequences of `tokens` tokens (and `extra_tokens` more in one sequence) fit the KV pool?"""
+    per = llm.blocks.pages_for(tokens + llm.num_drafts + 1)
+    return num * per + llm.blocks.pages_for(extra_tokens + llm.num_drafts + 1) <= llm.blocks.num_pages - 2
+
+
+def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PREFILL_REQUESTS, repeats: int = 3,
+                         warmup: int = 1, seed: int = 0) -> tuple[dict[str, PrefillCost], list[dict[str, float]]]:
+    """What a prefill chunk adds to an engine step, for steps that draft and steps that do not.
+
+    For each R in `requests` (those that fit max_num_seqs and the KV pool), R requests decode (as in `profile_engine`);
+    then, under policy ``none`` (plain steps) and ``fixed:γ`` (drafted steps), the median step with
+    nothing else (`base`; 0 for R = 0), with one new request of L prompt tokens (`one`), of 2L (`long`)
+    and with two of L (`two`) is timed; every new request asks for one token, so it finishes in that
+    step (its first token sampled, its first proposal drafted in a drafted step) and is released.
+    L = `prompt_len`, capped so that R verify blocks and 2L prompt tokens fit one step. The fit:
+    `one` − base = step(R) + token_s·L, `long` adds token_s·L more, `two` adds row_s (`_fit_prefill`).
+    Returns {"plain": ..., "drafted": ...} (only "plain" without a drafter) and the raw rows.
+    """
+    import torch
+
+    from dspark.engine.options import SamplingOptions
+    from dspark.engine.profile import _median_seconds
+    from dspark.scheduling.planner import VerifyPlanner
+
+    if llm.has_unfinished():
+        raise ConfigError("measure the prefill cost on an idle engine (requests are running)")
+    gamma, cfg = llm.num_drafts, llm.config
+    width = gamma + 1
+    modes = {"plain": "none", **({"drafted": f"fixed:{gamma}"} if gamma else {})}
+    steps = len(modes) * (4 * (warmup + repeats) + 2) + 2
+    decode_tokens = steps * width + 8
+    context = min(64, llm.max_model_len - decode_tokens - 2)
+    if context < 1:
+        raise ConfigError(f"max_model_len {llm.max_model_len} is too short to measure prefill beside decoding rows")
+    rng = np.random.default_rng(seed)
+    probe = itertools.count()
+    device = llm.runner.device
+    saved = llm.scheduler.planner
+    preempted = llm.scheduler.num_preemptions
+    raw: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+
+    def with_prefill(lengths: tuple[int, ...]) -> None:
+        rids = [llm.add_request(rng.integers(0, llm.target.vocab_size, n).tolist(),
+                                SamplingOptions(1, temperature=1.0, seed=0, ignore_eos=True),
+                                request_id=f"prefill-probe-{next(probe)}") for n in lengths]
+        llm.step()
+        for rid in rids:
+            llm.abort(rid)  # a no-op once it finished (it asked for one token)
+            llm.release(rid)
+
+    try:
+        with torch.no_grad():
+            for r in sorted({int(x) for x in requests if 0 <= int(x) <= cfg.max_num_seqs - 2}):
+                length = min(int(prompt_len), (cfg.max_num_batched_tokens - r * width) // 2, llm.max_model_len // 2 - 1)
+                if length < 1 or not _pages_fit(llm, r, context + decode_tokens, 4 * length):
+                    log.info("measure_prefill_cost: %d rows beside a prefill do not fit; skipped", r)
+                    continue
+                ids = _start_decoding(llm, r, context, decode_tokens, rng, f"prefill-rows-{r}") if r else []
+                for mode, policy in modes.items():
+                    llm.scheduler.planner = VerifyPlanner(policy)
+                    if r:
+                        llm.step()  # the right kind of drafts are waiting now
+                    row = {"requests": r, "prompt_len": length,
+                           "base": _median_seconds(llm.step, device, repeats, warmup) if r else 0.0}
+                    for key, lengths in (("one", (length,)), ("long", (2 * length,)), ("two", (length, length))):
+                        row[key] = _median_seconds(lambda: with_prefill(lengths), device, repeats, warmup)
+                    raw[mode].append(row)
+                _drop(llm, ids)
+    finally:
+        llm.scheduler.planner = saved
+        for rid in [rid for rid in llm.scheduler.requests if rid.startswith(("prefill-rows-", "prefill-probe-"))]:
+            llm.abort(rid)
+            llm.release(rid)
+    if llm.scheduler.num_preemptions != preempted:
+        log.warning("measure_prefill_cost: %d preemptions (KV pool too small): the prefill costs are off",
+                    llm.scheduler.num_preemptions - preempted)
+    if not any(raw.values()):
+        raise ConfigError("measure_prefill_cost: no request count fits max_num_seqs / max_num_batched_tokens")
+    costs = {mode: _fit_prefill(rows) for mode, rows in raw.items() if rows}
+    return costs, [{"mode": mode, **row} for mode, rows in raw.items() for row in rows]
+
+
+def measure_context_cost(llm: LLM, requests: int, contexts: tuple[int, int], repeats: int = 3, warmup: int = 1,
+                         seed: int = 0) -> tuple[float, float, list[dict]]:
+    """Seconds per decoding row per context token: (every step, extra in a drafted step) and the raw rows.
+
+    `profile_engine` at `requests` rows and the two `contexts`: plain steps give the first slope, drafted
+    steps' excess over plain the second (the drafter's attention over its context). Negative slopes
+    (noise) become 0.
+    """
+    from dspark.engine.profile import profile_engine
+
+    lo, hi = sorted(int(c) for c in contexts)
+    if lo < 1 or hi <= lo:
+        raise ConfigError(f"context cost needs two contexts 1 <= lo < hi, got {contexts}")
+    rows, steps = [], {}
+    for c in (lo, hi):
+        _, got = profile_engine(llm, requests=(requests,), widths=(1,), context=c, repeats=repeats, warmup=warmup,
+                                seed=seed, monotone=False)
+        summary = next(r for r in got if "plain_step_seconds" in r)
+        steps[c] = (summary["plain_step_seconds"], summary.get("drafted_step_seconds", summary["plain_step_seconds"]))
+        rows += [{"context": c, **r} for r in got]
+    scale = requests * (hi - lo)
+    plain = max(0.0, (steps[hi][0] - steps[lo][0]) / scale)
+    drafted = max(0.0, (steps[hi][1] - steps[lo][1]) / scale - plain)
+    return plain, drafted, rows
+
+
+def planner_seconds(policy: str, table: SPSTable, acceptance: AcceptanceModel, num_requests: int, repeats: int = 30,
+                    warmup: int = 5, seed: int = 0) -> float:
+    """Median host seconds of `should_draft(R)` + `plan(survival, confidences)` of a fresh planner of
+    `policy`, on rounds drawn from `acceptance` (a microbenchmark: in an engine step it runs slower)."""
+    from dspark.scheduling.planner import VerifyPlanner
+
+    rng = np.random.default_rng(seed)
+    planner = VerifyPlanner(policy, table)
+    times = []
+    for i in range(warmup + repeats):
+        conf, _ = acceptance.draw(num_requests, rng)
+        survival = np.cumprod(conf, axis=1)
+        t0 = time.perf_counter()
+        planner.should_draft(num_requests)
+        planner.plan(survival, conf)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+class PlannerTimer:
+    """Stands in for an engine's planner (``llm.scheduler.planner = PlannerTimer(planner)``) and records
+    the host time of every `should_draft` / `plan` call by request count, in the engine's own steps.
+
+    Everything else is the wrapped planner's (attributes pass through); `restore(llm)` puts it back.
+    """
+
+    def __init__(self, planner: Any) -> None:
+        self.inner = planner
+        self.gate: dict[int, list[float]] = defaultdict(list)
+        self.plans: dict[int, list[float]] = defaultdict(list)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def should_draft(self, num_requests: int) -> bool:
+        t0 = time.perf_counter()
+        out = self.inner.should_draft(num_requests)
+        self.gate[int(num_requests)].append(time.perf_counter() - t0)
+        return out
+
+    def plan(self, survival: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.inner.plan(survival, confidence)
+        self.plans[int(np.shape(survival)[0])].append(time.perf_counter() - t0)
+        return out
+
+    def install(self, llm: LLM) -> PlannerTimer:
+        llm.scheduler.planner = self
+        return self
+
+    def restore(self, llm: LLM) -> None:
+        if llm.scheduler.planner is self:
+            llm.scheduler.planner = self.inner
+
+    def curve(self, baseline: Any = None) -> RequestCurve | None:
+        """Mean seconds of a drafted round's planning (its `plan` call plus a `should_draft` call) by R, less
+        `baseline(R)` (what the table's profile already paid), at least 0; None before any `plan` call."""
+        rows = sorted(r for r in self.plans if r > 0)
+        if not rows:
+            return None
+        secs = []
+        for r in rows:
+            gate = float(np.mean(self.gate[r])) if self.gate.get(r) else 0.0
+            secs.append(max(0.0, float(np.mean(self.plans[r])) + gate - (baseline(r) if baseline else 0.0)))
+        return RequestCurve(tuple(rows), tuple(secs))
+
+
+def measure_plan_cost(policy: str, table: SPSTable, acceptance: AcceptanceModel | None, requests: Sequence[int],
+                      timer: PlannerTimer | None = None, seed: int = 0) -> RequestCurve | None:
+    """The planner's host time per drafted round beyond ``fixed:γ``'s (what the table's profile paid), by R.
+
+    From `timer` (the engine's own steps) when it saw any plan, else from `planner_seconds` at `requests`;
+    the ``fixed:γ`` part is a microbenchmark either way. None for a policy that never drafts or without
+    an acceptance model (nothing to draw survival from).
+    """
+    parsed = parse_policy(policy)
+    if acceptance is None or parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0):
+        return None
+    base = f"fixed:{acceptance.gamma}"
+    cache: dict[int, float] = {}
+
+    def baseline(r: int) -> float:
+        if r not in cache:
+            cache[r] = planner_seconds(base, table, acceptance, r, seed=seed)
+        return cache[r]
+
+    got = timer.curve(baseline) if timer is not None else None
+    if got is not None:
+        return got
+    rows = sorted({max(1, int(r)) for r in requests})
+    return RequestCurve(tuple(rows), tuple(max(0.0, planner_seconds(policy, table, acceptance, r, seed=seed) - baseline(r))
+                                           for r in rows))
+
+
+@dataclass
+class EngineCosts:
+    """Everything the simulator takes from one engine: its planner's table and the measured step costs."""
+
+    table: SPSTable  # the planner's (the simulated planner reads it)
+    cost: StepCost  # the step prices (its table: the planner's, or one profiled at more request counts)
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # raw measurements
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"table": self.table.to_dict(), "cost": self.cost.to_dict(), "rows": self.rows}
+        if self.cost.table is not self.table:
+            out["cost_table"] = self.cost.table.to_dict()
+        return out
+
+
+def table_requests(table: SPSTable) -> list[int]:
+    """The request counts a table's per-request curves were profiled at (empty when it has none)."""
+    data = table.to_dict()
+    return sorted({int(r) for key in ("request_cost", "draft_cost") for r in data.get(key, {}).get("requests", [])})
+
+
+@dataclass
+class _EngineTerms:
+    """The policy-independent part of an engine's step costs (one per engine setup: see `engine_terms`)."""
+
+    cost_table: SPSTable | None  # re-profiled at more request counts (None: the planner's table serves)
+    prefill: dict[str, PrefillCost]
+    context_s: float
+    draft_context_s: float
+    context_0: float
+    rows: dict[str, list[dict]]
+
+
+_TERMS: dict[tuple, _EngineTerms] = {}  # engine_terms, memoised in this process
+
+
+def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: float, requests: Sequence[int],
+                 cover: Sequence[int], prefill: bool, context: bool, seed: int) -> _EngineTerms:
+    """Re-profiled table, prefill and context terms of one engine setup. They do not depend on the policy
+    (each measurement sets its own planners), so engines of one target + drafter (`cache_key`) measure
+    them once per process; the planning term is the policy's own (`engine_cost`)."""
+    from dspark.engine.profile import cache_key, profile_engine
+
+    key = (cache_key(llm), json.dumps(table.to_dict(), sort_keys=True), round(mean_prompt), round(mean_context),
+           tuple(requests), tuple(cover), prefill, context, seed, llm.config.max_num_seqs,
+           llm.config.max_num_batched_tokens, llm.max_model_len, llm.blocks.num_pages)
+    if key in _TERMS:
+        return _TERMS[key]
+    rows: dict[str, list[dict]] = {}
+    cost_table = None
+    known = table_requests(table)
+    beyond = [int(r) for r in cover if known and int(r) > known[-1]]
+    if beyond:
+        ctx = int(table.meta.get("context", 64) or 64)
+        growth = 6 * 6 * (llm.num_drafts + 1) + 8  # what profile_engine's requests grow by (repeats 3, warm-up 1)
+        wanted = sorted({r for r in [*beyond, *known]
+                         if 1 <= r <= llm.config.max_num_seqs and _pages_fit(llm, r, ctx + growth)})
+        if wanted and wanted[-1] > known[-1]:
+            cost_table, rows["profile"] = profile_engine(llm, requests=wanted, context=ctx, repeats=3, warmup=1, seed=seed)
+    pre: dict[str, PrefillCost] = {}
+    if prefill:
+        counts = sorted(set(PREFILL_REQUESTS) | {min(max(requests, default=1), llm.config.max_num_seqs - 2)})
+        pre, rows["prefill"] = measure_prefill_cost(llm, max(1, round(mean_prompt)), counts, seed=seed)
+    ctx_s = draft_ctx_s = 0.0
+    priced = cost_table or table
+    ctx_0 = float(priced.meta.get("context", 0) or 0)
+    if context and ctx_0 > 0:
+        profiled = [r for r in table_requests(priced) if r <= min(64, llm.config.max_num_seqs)]
+        num = max(profiled or [min(16, llm.config.max_num_seqs)])
+        budget = 6 * 4 * (llm.num_drafts + 1) + 16  # what profile_engine's requests grow by, and some room
+        hi = int(min(mean_context, llm.max_model_len - budget))
+        while num > 1 and not _pages_fit(llm, num, hi + budget):
+            num //= 2
+        if hi - ctx_0 >= 16:
+            ctx_s, draft_ctx_s, rows["context"] = measure_context_cost(llm, num, (int(ctx_0), hi), seed=seed)
+        else:
+            log.info("context term skipped: the workload's context (%.0f) is within 16 tokens of the table's (%.0f) "
+                     "or does not fit max_model_len", mean_context, ctx_0)
+    terms = _EngineTerms(cost_table, pre, ctx_s, draft_ctx_s, ctx_0 if (ctx_s or draft_ctx_s) else 0.0, rows)
+    _TERMS[key] = terms
+    return terms
+
+
+def engine_cost(llm: LLM, mean_prompt: float, mean_context: float, *, table: SPSTable | None = None,
+                acceptance: AcceptanceModel | None = None, requests: Sequence[int] = (1, 16, 64),
+                cover: Sequence[int] = (), timer: PlannerTimer | None = None, prefill: bool = True,
+                context: bool = True, plan: bool = True, seed: int = 0) -> EngineCosts:
+    """The planner's table (`planner_table(llm, table)`) and a `StepCost` with the measured terms
+    (`prefill` / `context` / `plan` switch them off). The prefill term is measured beside `requests`
+    rows (and `PREFILL_REQUESTS`); the plan term comes from `timer` (the planner's calls in the engine's
+    closed loops), else is timed at `requests` rows on rounds drawn from `acceptance`. `cover`: request
+    counts the step costs must reach; when one is beyond the table's largest, the step costs come from
+    `profile_engine` at the table's counts and those beyond (at the table's context), while the
+    simulated planner keeps reading the planner's table."""
+    table = planner_table(llm, table)
+    terms = engine_terms(llm, table, mean_prompt, mean_context, requests, cover, prefill, context, seed)
+    rows = dict(terms.rows)
+    plan_cost = measure_plan_cost(llm.config.policy, table, acceptance, requests, timer, seed=seed) if plan else None
+    if plan_cost is not None:
+        rows["plan"] = [{"requests": r, "seconds": t} for r, t in zip(plan_cost.requests, plan_cost.seconds)]
+    cost = StepCost(terms.cost_table or table, terms.prefill, graph_ladder(llm), terms.context_s, terms.draft_context_s,
+                    terms.context_0, plan_cost)
+    return EngineCosts(table, cost, rows)
+
+
+# ---------------------------------------------------------------------------------------------- simulation
+def acceptance_from_rounds(rounds: Sequence[Any], name: str) -> TraceAcceptance | None:
+    """The replay of an engine's rounds (censored rounds continued at their confidences); None if none drafted."""
+    records = trace_records(rounds)
+    if not records:
+        return None
+    conf = np.array([r["confidences"] for r in records], dtype=np.float64)
+    return TraceAcceptance(conf, np.array([r["accepted"] for r in records], dtype=np.int64), name=f"trace:{name}",
+                           verified=np.array([r["verified"] for r in records], dtype=np.int64), censored="confidence")
+
+
+NO_DRAFTS = CurveAcceptance((0.5,), name="unused")  # for policies that never draft
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the engine's closed loop ran: prompt lengths in issue order, tokens per request, step budget."""
+
+    prompt_lengths: tuple[int, ...]
+    max_tokens: int
+    max_num_batched_tokens: int
+    seed: int = 0
+
+
+def simulate_point(policy: str, concurrency: int, num_requests: int, warmup_requests: int, work: Workload,
+                   table: SPSTable, cost: StepCost, acceptance: AcceptanceModel | None, *, base: bool = False
+                   ) -> SimResult:
+    """One frontier point simulated as the engine ran it (module docstring); `base`: the table-only model
+    (inline prefill priced on the verify curve, ℓ capped by the remaining tokens, no extra terms)."""
+    common = dict(policy=policy, prompt_len=LengthSequence(work.prompt_lengths),
+                  output_len=LengthDist("fixed", float(work.max_tokens)), num_requests=num_requests,
+                  warmup_requests=warmup_requests, seed=work.seed)
+    if base:
+        cfg = SimConfig(**common, prefill="inline")
+    else:
+        cfg = SimConfig(**common, prefill="chunked", max_num_batched_tokens=work.max_num_batched_tokens,
+                        verify_past_budget=True, cost=cost)
+    return simulate(cfg, Arrivals(concurrency=concurrency), table, acceptance or NO_DRAFTS)
+
+
+def _err(sim: float, measured: float) -> float:
+    return float(sim / measured - 1.0) if measured and np.isfinite(measured) and np.isfinite(sim) else float("nan")
+
+
+def compare(measured: FrontierPoint, sim: SimResult, base: SimResult | None = None) -> dict[str, Any]:
+    """Simulated against measured at one point: both values and the relative error (sim / measured − 1)."""
+    row = {"policy": measured.policy, "concurrency": measured.concurrency,
+           "throughput": measured.throughput, "sim_throughput": sim.throughput,
+           "throughput_error": _err(sim.throughput, measured.throughput),
+           "per_user": measured.per_user_mean, "sim_per_user": sim.per_user_mean,
+           "per_user_error": _err(sim.per_user_mean, measured.per_user_mean),
+           "verify": measured.mean_verify, "sim_verify": sim.mean_budget - 1.0,
+           "tau": measured.tau, "sim_tau": sim.mean_committed,
+           "drafted": measured.drafted, "sim_drafted": sim.drafted_rounds / max(sim.rounds, 1),
+           "simulated": True}
+    if base is not None:
+        row.update(base_throughput_error=_err(base.throughput, measured.throughput),
+                   base_per_user_error=_err(base.per_user_mean, measured.per_user_mean))
+    return row
+
+
+def max_errors(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per policy, the largest |relative error| over its points (throughput, per-user, and the base model's)."""
+    out: dict[str, dict[str, float]] = {}
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = [r for r in rows if r["policy"] == policy]
+        out[policy] = {key: float(np.nanmax([abs(r[key]) for r in mine]))
+                       for key in ("throughput_error", "per_user_error", "base_throughput_error", "base_per_user_error")
+                       if all(key in r for r in mine) and not all(np.isnan(r[key]) for r in mine)}
+    return out
