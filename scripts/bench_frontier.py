@@ -30,7 +30,8 @@ step costs the table leaves out (a prefill chunk in a step, longer contexts, the
 `dspark.sim.engine` with the same policy, concurrency, request counts, prompt lengths and max tokens.
 A second table gives per point the simulated throughput and per-user tokens/s beside the measured ones
 and the relative errors (also those of the table-only model, `dspark simulate --sps TABLE`), then the
-largest |error| per policy; the JSON gets a "simulation" key. `--sim-dir DIR` keeps each policy's
+largest |error| per policy; the JSON gets a "simulation" key. (With --simulate a `PlannerTimer` times the
+planner's calls in the closed loops, a microsecond or two per step.) `--sim-dir DIR` keeps each policy's
 table, cost terms and trace (POLICY.sps.json, POLICY.cost.json, POLICY.trace.jsonl) for
 `dspark simulate`. CPU timings make this a check of the pipeline, not a measurement.
 
@@ -343,7 +344,9 @@ def simulate_policy(spec: EngineSpec, llm: LLM, prompts: list[list[int]], points
 
 
 def save_sim_inputs(directory: str, name: str, costs: EngineCosts, runs: list[ClosedLoopRun]) -> None:
-    """POLICY.sps.json, POLICY.cost.json and POLICY.trace.jsonl (for `dspark simulate --sps ... --acceptance ...`)."""
+    """POLICY.sps.json (the planner's table), POLICY.cost.json (`StepCost.to_dict` and the raw measurements),
+    POLICY.cost.sps.json (the step prices' table, when re-profiled) and POLICY.trace.jsonl (for
+    `dspark simulate --sps ... --acceptance ...`)."""
     from pathlib import Path
 
     from dspark.sim.acceptance import trace_records
@@ -352,6 +355,8 @@ def save_sim_inputs(directory: str, name: str, costs: EngineCosts, runs: list[Cl
     out.mkdir(parents=True, exist_ok=True)
     stem = name.replace(":", "-").replace("+", "_")
     costs.table.save(out / f"{stem}.sps.json")
+    if costs.cost.table is not costs.table:  # the step prices' table, profiled at more request counts
+        costs.cost.table.save(out / f"{stem}.cost.sps.json")
     (out / f"{stem}.cost.json").write_text(json.dumps({"cost": costs.cost.to_dict(), "rows": costs.rows}, indent=1) + "\n")
     with open(out / f"{stem}.trace.jsonl", "w") as fh:
         for rec in trace_records([r for run in runs for r in run.rounds]):

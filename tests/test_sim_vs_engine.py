@@ -220,9 +220,35 @@ def test_bench_frontier_simulate_end_to_end(capsys, tmp_path, monkeypatch):
     engines = sim["engines"]
     assert engines["none"]["trace"] is None and engines["fixed:3"]["trace"]["gamma"] == 7
     assert engines["fixed:3"]["trace"]["censored"] > 0  # fixed:3 verifies 3 of 7: censored when all 3 pass
-    assert engines["dspark-async+gate"]["cost"]["plan"] is not None and engines["none"]["cost"]["plan"] is None
+    assert engines["dspark-async+gate"]["cost"]["plan"] is not None
+    assert engines["none"]["cost"]["plan"] is None and engines["fixed:3"]["cost"]["plan"] is None
     assert set(engines["fixed:3"]["cost"]["prefill"]) == {"plain", "drafted"} and set(engines["none"]["cost"]["prefill"]) == {"plain"}
     for stem in ("none", "fixed-3", "dspark-async_gate"):
         SPSTable.load(sim_dir / f"{stem}.sps.json")
         assert json.loads((sim_dir / f"{stem}.cost.json").read_text())["cost"]["ladder"] is None  # CPU: eager
     assert TraceAcceptance.load(sim_dir / "fixed-3.trace.jsonl").gamma == 7
+    # the planner's table stops at 1 request (max_num_seqs 2): the step prices were re-profiled at 1 and 2
+    assert engines["fixed:3"]["cost_table"]["request_cost"]["requests"] == [1, 2]
+    assert SPSTable.load(sim_dir / "fixed-3.cost.sps.json").to_dict() == engines["fixed:3"]["cost_table"]
+
+
+def test_engine_measurements_leave_the_engine_idle(tmp_path, monkeypatch):
+    import torch
+
+    from dspark.engine.llm import LLM
+    from dspark.eval.sim_check import graph_ladder, measure_context_cost, measure_prefill_cost, planner_table
+    from dspark.targets.random_weights import random_drafter, random_target
+
+    monkeypatch.setenv("DSPARK_CACHE", str(tmp_path / "cache"))
+    target = random_target("tiny", "cpu", torch.float32)
+    llm = LLM(target, random_drafter(target, "dspark", 1), policy="fixed:3", synthetic_acceptance="dspark/code",
+              max_num_seqs=4, max_model_len=512, num_pages=256, enable_prefix_caching=False, detokenize=False)
+    costs, rows = measure_prefill_cost(llm, 16, requests=(0, 1, 2))
+    assert set(costs) == {"plain", "drafted"} and costs["drafted"].step.requests == (0, 1, 2)
+    assert len(rows) == 6 and all(r["one"] > 0 and r["two"] > 0 for r in rows)
+    assert [r["base"] for r in rows if r["requests"] == 0] == [0.0, 0.0]
+    plain, drafted, raw = measure_context_cost(llm, 2, (16, 48), repeats=1, warmup=0)
+    assert plain >= 0 and drafted >= 0 and {r["context"] for r in raw} == {16, 48}
+    assert not llm.has_unfinished() and not llm.scheduler.requests  # every probe aborted and released
+    assert graph_ladder(llm) is None  # the CPU runs every step eagerly
+    assert planner_table(llm).has_draft_cost  # fixed:3 needs no table: the engine's profile (cached)

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dspark.errors import ConfigError
+from dspark.errors import ConfigError, DSparkError
 from dspark.scheduling import SPSTable, parse_policy
 from dspark.scheduling.planner import NEEDS_SPS
 from dspark.sim.acceptance import AcceptanceModel, CurveAcceptance, TraceAcceptance, trace_records
@@ -127,7 +127,8 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
                          warmup: int = 1, seed: int = 0) -> tuple[dict[str, PrefillCost], list[dict[str, float]]]:
     """What a prefill chunk adds to an engine step, for steps that draft and steps that do not.
 
-    For each R in `requests` (those that fit max_num_seqs and the KV pool), R requests decode (as in `profile_engine`);
+    For each R in `requests` (those that fit max_num_seqs and the KV pool), R requests decode (as in
+    `profile_engine`, as long as max_model_len lets them last every timed step: `repeats` shrinks to fit);
     then, under policy ``none`` (plain steps) and ``fixed:γ`` (drafted steps), the median step with
     nothing else (`base`; 0 for R = 0), with one new request of L prompt tokens (`one`), of 2L (`long`)
     and with two of L (`two`) is timed; every new request asks for one token, so it finishes in that
@@ -147,11 +148,16 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
     gamma, cfg = llm.num_drafts, llm.config
     width = gamma + 1
     modes = {"plain": "none", **({"drafted": f"fixed:{gamma}"} if gamma else {})}
-    steps = len(modes) * (4 * (warmup + repeats) + 2) + 2
-    decode_tokens = steps * width + 8
-    context = min(64, llm.max_model_len - decode_tokens - 2)
+    while True:  # the decoding rows must last every timed step: fewer repeats where max_model_len is short
+        decode_tokens = (len(modes) * (4 * (warmup + repeats) + 2) + 2) * width + 8
+        context = min(64, llm.max_model_len - decode_tokens - 2)
+        if context >= 1 or repeats + warmup <= 1:
+            break
+        repeats, warmup = max(1, repeats - 1), max(0, warmup - (repeats == 1))
     if context < 1:
-        raise ConfigError(f"max_model_len {llm.max_model_len} is too short to measure prefill beside decoding rows")
+        log.info("measure_prefill_cost: max_model_len %d is too short for decoding rows beside a prefill: "
+                 "steps of prefill alone only", llm.max_model_len)
+        requests = [0]
     rng = np.random.default_rng(seed)
     probe = itertools.count()
     device = llm.runner.device
@@ -299,11 +305,11 @@ def measure_plan_cost(policy: str, table: SPSTable, acceptance: AcceptanceModel 
     """The planner's host time per drafted round beyond ``fixed:γ``'s (what the table's profile paid), by R.
 
     From `timer` (the engine's own steps) when it saw any plan, else from `planner_seconds` at `requests`;
-    the ``fixed:γ`` part is a microbenchmark either way. None for a policy that never drafts or without
-    an acceptance model (nothing to draw survival from).
+    the ``fixed:γ`` part is a microbenchmark either way. None for ``fixed:K`` without a gate (it plans as
+    the profile's ``fixed:γ`` does), for a policy that never drafts, or without an acceptance model.
     """
     parsed = parse_policy(policy)
-    if acceptance is None or parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0):
+    if acceptance is None or parsed.kind == "none" or (parsed.kind == "fixed" and not parsed.gate):
         return None
     base = f"fixed:{acceptance.gamma}"
     cache: dict[int, float] = {}
@@ -357,6 +363,15 @@ class _EngineTerms:
 _TERMS: dict[tuple, _EngineTerms] = {}  # engine_terms, memoised in this process
 
 
+def _tried(what: str, fn: Any) -> Any:
+    """`fn()`, or None (logged) when this engine cannot measure it: that term is left out, the run goes on."""
+    try:
+        return fn()
+    except DSparkError as exc:
+        log.warning("simulator cost model: %s left out (%s)", what, exc)
+        return None
+
+
 def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: float, requests: Sequence[int],
                  cover: Sequence[int], prefill: bool, context: bool, seed: int) -> _EngineTerms:
     """Re-profiled table, prefill and context terms of one engine setup. They do not depend on the policy
@@ -376,14 +391,19 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     if beyond:
         ctx = int(table.meta.get("context", 64) or 64)
         growth = 6 * 6 * (llm.num_drafts + 1) + 8  # what profile_engine's requests grow by (repeats 3, warm-up 1)
-        wanted = sorted({r for r in [*beyond, *known]
-                         if 1 <= r <= llm.config.max_num_seqs and _pages_fit(llm, r, ctx + growth)})
+        wanted = sorted({r for r in [*beyond, *known] if 1 <= r <= llm.config.max_num_seqs
+                         and ctx + growth < llm.max_model_len and _pages_fit(llm, r, ctx + growth)})
         if wanted and wanted[-1] > known[-1]:
-            cost_table, rows["profile"] = profile_engine(llm, requests=wanted, context=ctx, repeats=3, warmup=1, seed=seed)
+            got = _tried("re-profile", lambda: profile_engine(llm, requests=wanted, context=ctx, repeats=3, warmup=1,
+                                                              seed=seed))
+            if got is not None:
+                cost_table, rows["profile"] = got
     pre: dict[str, PrefillCost] = {}
     if prefill:
         counts = sorted(set(PREFILL_REQUESTS) | {min(max(requests, default=1), llm.config.max_num_seqs - 2)})
-        pre, rows["prefill"] = measure_prefill_cost(llm, max(1, round(mean_prompt)), counts, seed=seed)
+        got = _tried("prefill term", lambda: measure_prefill_cost(llm, max(1, round(mean_prompt)), counts, seed=seed))
+        if got is not None:
+            pre, rows["prefill"] = got
     ctx_s = draft_ctx_s = 0.0
     priced = cost_table or table
     ctx_0 = float(priced.meta.get("context", 0) or 0)
@@ -394,10 +414,13 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
         hi = int(min(mean_context, llm.max_model_len - budget))
         while num > 1 and not _pages_fit(llm, num, hi + budget):
             num //= 2
-        if hi - ctx_0 >= 16:
-            ctx_s, draft_ctx_s, rows["context"] = measure_context_cost(llm, num, (int(ctx_0), hi), seed=seed)
+        got = None
+        if hi >= 2 * ctx_0:  # a difference that stands above the steps' noise
+            got = _tried("context term", lambda: measure_context_cost(llm, num, (int(ctx_0), hi), seed=seed))
+        if got is not None:
+            ctx_s, draft_ctx_s, rows["context"] = got
         else:
-            log.info("context term skipped: the workload's context (%.0f) is within 16 tokens of the table's (%.0f) "
+            log.info("context term skipped: the workload's context (%.0f) is under twice the table's (%.0f) "
                      "or does not fit max_model_len", mean_context, ctx_0)
     terms = _EngineTerms(cost_table, pre, ctx_s, draft_ctx_s, ctx_0 if (ctx_s or draft_ctx_s) else 0.0, rows)
     _TERMS[key] = terms
