@@ -24,16 +24,17 @@ list (fixed:1 on a γ-slot drafter is not MTP-1: it pays the whole drafter's cos
 SPS table take `--sps FILE` (else the engine profiles itself at start and caches the table).
 
 `--simulate` holds the simulator against every point (`dspark.eval.sim_check`): after a policy's closed
-loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none), the
-step costs the table leaves out (a prefill chunk in a step, longer contexts, the planner's host time, CUDA-graph padding:
-`dspark.sim.cost`, measured on the same engine) and a trace of the measured requests' rounds feed
-`dspark.sim.engine` with the same policy, concurrency, request counts, prompt lengths and max tokens.
-A second table gives per point the simulated throughput and per-user tokens/s beside the measured ones
-and the relative errors (also those of the table-only model, `dspark simulate --sps TABLE`), then the
-largest |error| per policy; the JSON gets a "simulation" key. (With --simulate a `PlannerTimer` times the
-planner's calls in the closed loops, a microsecond or two per step.) `--sim-dir DIR` keeps each policy's
-table, cost terms and trace (POLICY.sps.json, POLICY.cost.json, POLICY.trace.jsonl) for
-`dspark simulate`. CPU timings make this a check of the pipeline, not a measurement.
+loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none;
+re-profiled at the concurrencies past its largest request count, `--sim-requests`), the step costs the
+table leaves out (a prefill chunk in a step, longer contexts, the planner's host time, CUDA-graph
+padding: `dspark.sim.cost`, measured on the same engine) and a trace of the measured requests' rounds
+feed `dspark.sim.engine` with the same policy, concurrency, request counts, prompt lengths and max
+tokens. A second table gives per point the simulated throughput and per-user tokens/s beside the
+measured ones and the relative errors (also those of the table-only model, `dspark simulate --sps
+TABLE`), then the largest |error| per policy; the JSON gets a "simulation" key. (With --simulate a
+`PlannerTimer` times the planner's calls in the closed loops, a microsecond or two per step.)
+`--sim-dir DIR` keeps each policy's inputs (POLICY.sps.json, POLICY.cost.json, POLICY.cost.sps.json,
+POLICY.trace.jsonl). CPU timings make this a check of the pipeline, not a measurement.
 
 Targets: a model directory, or ``random:SHAPE`` (``qwen3-4b``, ``qwen3-8b``; ``tiny`` for tests) with
 random weights made on the device; drafters: a checkpoint directory or ``random[:LAYERS]`` (DSpark,
@@ -67,7 +68,7 @@ from dspark.eval.sim_check import (EngineCosts, PlannerTimer, Workload, acceptan
                                    max_errors, simulate_point)
 from dspark.formats import load_drafter
 from dspark.scheduling import SPSTable, parse_policy
-from dspark.sim.acceptance import CurveAcceptance
+from dspark.sim.acceptance import CurveAcceptance, trace_records
 from dspark.targets.adapter import TargetModel
 from dspark.targets.random_weights import random_drafter, random_target
 
@@ -145,8 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--simulate", action="store_true", help="simulate every point with the engine's own costs and "
                    "acceptance trace, and report the simulator's error")
     p.add_argument("--sim-dir", help="with --simulate: keep each policy's SPS table, cost terms and trace here")
-    p.add_argument("--sim-requests", type=_auto_or_ints, default="auto", help="with --simulate: request counts the step costs must cover "
-                   "(re-profiled where the planner's table stops short): auto = the concurrencies, none, or a list")
+    p.add_argument("--sim-requests", type=_auto_or_ints, default="auto",
+                   help="with --simulate: request counts the step costs must cover (re-profiled where the "
+                   "planner's table stops short): auto = the concurrencies, none, or a list")
     return p.parse_args(argv)
 
 
@@ -349,18 +351,18 @@ def save_sim_inputs(directory: str, name: str, costs: EngineCosts, runs: list[Cl
     `dspark simulate --sps ... --acceptance ...`)."""
     from pathlib import Path
 
-    from dspark.sim.acceptance import trace_records
-
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     stem = name.replace(":", "-").replace("+", "_")
     costs.table.save(out / f"{stem}.sps.json")
     if costs.cost.table is not costs.table:  # the step prices' table, profiled at more request counts
         costs.cost.table.save(out / f"{stem}.cost.sps.json")
-    (out / f"{stem}.cost.json").write_text(json.dumps({"cost": costs.cost.to_dict(), "rows": costs.rows}, indent=1) + "\n")
-    with open(out / f"{stem}.trace.jsonl", "w") as fh:
-        for rec in trace_records([r for run in runs for r in run.rounds]):
-            fh.write(json.dumps(rec) + "\n")
+    terms = {"cost": costs.cost.to_dict(), "rows": costs.rows}
+    (out / f"{stem}.cost.json").write_text(json.dumps(terms, indent=1) + "\n")
+    records = trace_records([r for run in runs for r in run.rounds])
+    if records:  # none for a policy that never drafted
+        with open(out / f"{stem}.trace.jsonl", "w") as fh:
+            fh.writelines(json.dumps(rec) + "\n" for rec in records)
 
 
 def _fmt(x: float | None, width: int, digits: int = 1) -> str:
@@ -407,7 +409,8 @@ def print_sim_report(rows: list[dict], printer: Printer, cpu: bool) -> None:
     for policy, err in max_errors(rows).items():
         base = (f" (table-only: {err['base_throughput_error']:.1%}, {err['base_per_user_error']:.1%})"
                 if "base_throughput_error" in err else "")
-        printer.out(f"max |error| {policy}: throughput {err['throughput_error']:.1%}, per-user {err['per_user_error']:.1%}{base}")
+        printer.out(f"max |error| {policy}: throughput {err['throughput_error']:.1%}, "
+                    f"per-user {err['per_user_error']:.1%}{base}")
 
 
 def summary(args: argparse.Namespace, points: list[FrontierPoint], labels: dict[str, str | None], device: str,
