@@ -61,3 +61,25 @@ def test_bad_sps_table_file(tmp_path, capsys):
     path.write_text(json.dumps({"tokens": [1, 2], "steps_per_second": [1.0, -1.0]}))
     assert main(["simulate", "--sps", str(path)]) == 2
     assert "steps_per_second must be finite and > 0" in capsys.readouterr().err
+
+
+def test_engine_like_simulation_with_measured_cost_terms(tmp_path, capsys):
+    """--prefill chunked, --max-num-batched-tokens, --censored and --cost (a bench_frontier --sim-dir file)."""
+    sps = tmp_path / "sps.json"
+    SPSTable([1, 8, 64], [1000.0, 900.0, 400.0], {1: 0.0002}).save(sps)
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("\n".join(json.dumps({"confidences": [0.9, 0.6, 0.3], "accepted": i % 3, "verified": 2})
+                               for i in range(12)))
+    cost = tmp_path / "fixed-2.cost.json"
+    cost.write_text(json.dumps({"cost": {"ladder": [1, 2, 4, 8, 16, 32, 64]}, "rows": {}}))
+    base = ["simulate", "--sps", str(sps), "--acceptance", str(trace), "--concurrency", "1,4", "--num-requests", "8",
+            "--output-len", "16", "--prompt-len", "32", "--policy", "none,fixed:2", "--prefill", "chunked",
+            "--max-num-batched-tokens", "64", "--censored", "confidence"]
+    assert main(base + ["--cost", f"fixed:2={cost}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["prefill"] == "chunked" and summary["step_cost"] == {"fixed:2": "measured terms"}
+    assert len(summary["rows"]) == 4
+    assert main(base + ["--cost", f"dspark={cost}"]) == 2
+    assert "not in --policy" in capsys.readouterr().err
+    assert main(base + ["--cost", str(tmp_path / "none.json")]) == 2
+    assert "is not a file" in capsys.readouterr().err

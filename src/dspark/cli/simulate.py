@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from dspark.cli.common import SIMULATION_OUTPUT, add_output_dir_argument, check_output_file, check_report_dir
@@ -25,7 +26,8 @@ from dspark.errors import ConfigError
 from dspark.output_dir import claim_output_dir
 from dspark.scheduling import HARDWARE, MODELS, SPSTable, parse_policy, roofline_table
 from dspark.scheduling.roofline import Hardware, dspark_drafter_shape
-from dspark.sim.acceptance import DEFAULT_SHARPNESS, make_acceptance, preset_names
+from dspark.sim.acceptance import CENSORED, DEFAULT_SHARPNESS, make_acceptance, preset_names
+from dspark.sim.cost import StepCost
 from dspark.sim.engine import SimConfig, SimResult
 from dspark.sim.sweep import PAPER_SLAS, matched_speedups, run_sweep, sla_table
 from dspark.sim.workload import Arrivals, LengthDist
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--sps", metavar="FILE", help="profiled SPS table (JSON)")
     src.add_argument("--roofline", metavar="MODEL", help=f"analytic table for a target: {', '.join(MODELS)}")
     cost.add_argument("--policy-sps", metavar="POLICY=FILE", action="append", default=[], help="a table for one policy (repeatable)")
+    cost.add_argument("--cost", metavar="[POLICY=]FILE", action="append", default=[],
+                      help="measured step-cost terms (JSON from `bench_frontier.py --simulate --sim-dir`) for one "
+                           "policy, or for all without POLICY= (repeatable)")
     cost.add_argument("--monotone", action="store_true", help="apply the monotone envelope to table files")
     cost.add_argument("--hardware", default="h200", help=f"roofline hardware: {', '.join(HARDWARE)}")
     cost.add_argument("--context-len", type=int, help="roofline mean context (default: mean prompt + mean output / 2)")
@@ -54,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     acc.add_argument("--confidence", default="calibrated", help="calibrated | overconfident[:DELTA] (logit shift)")
     acc.add_argument("--sharpness", type=float, default=DEFAULT_SHARPNESS, help="Beta concentration κ of per-round acceptance")
     acc.add_argument("--gamma", type=int, help="block size γ (truncates a curve)")
+    acc.add_argument("--censored", choices=CENSORED, default="reject",
+                     help="trace replay of rounds that verified fewer than γ drafts and accepted them all")
     run = parser.add_argument_group("workload")
     run.add_argument("--policy", default=DEFAULT_POLICIES, help="comma-separated policies")
     load = run.add_mutually_exclusive_group()
@@ -64,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--warmup-requests", type=int, help="warm-up requests per point")
     run.add_argument("--prompt-len", default="uniform:256:768", help="N | uniform:LO:HI | lognormal:MEDIAN:SIGMA")
     run.add_argument("--output-len", default="uniform:128:384", help="N | uniform:LO:HI | lognormal:MEDIAN:SIGMA")
-    run.add_argument("--prefill", choices=("inline", "none"), default="inline", help="none = prefill runs elsewhere")
+    run.add_argument("--prefill", choices=("inline", "chunked", "none"), default="inline",
+                     help="inline = one prefill forward on admission; chunked = inside decoding steps, as dspark.engine "
+                          "does; none = prefill runs elsewhere")
+    run.add_argument("--max-num-batched-tokens", type=int, default=2048, help="tokens per step with --prefill chunked")
     run.add_argument("--seed", type=int, default=0)
     out = parser.add_argument_group("output")
     out.add_argument("--sla", default=",".join(f"{x:g}" for x in PAPER_SLAS), help="tok/s/user anchors for the frontier summary")
@@ -126,6 +136,35 @@ def _tables(args: argparse.Namespace, policies: list[str], context_len: int, gam
     return tables, built["drafter"].meta
 
 
+def _costs(specs: list[str], policies: list[str], tables: dict[str, SPSTable]) -> dict[str, StepCost]:
+    """--cost [POLICY=]FILE entries -> a step-cost model per policy (a FILE without POLICY= serves every policy).
+
+    FILE is a `bench_frontier.py --sim-dir` POLICY.cost.json (``{"cost": terms, ...}``) or the bare terms
+    (`StepCost.to_dict`); a POLICY.cost.sps.json beside it (the step prices' table, profiled at more request
+    counts) prices the steps, else the policy's own table does.
+    """
+    out: dict[str, StepCost] = {}
+    for spec in specs:
+        policy, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        if policy and policy not in policies:
+            raise ConfigError(f"--cost {spec!r}: policy {policy!r} is not in --policy ({', '.join(policies)})")
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"--cost {spec!r}: {path} is not a file")
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--cost {spec!r}: {path} is not readable JSON ({e})") from e
+        terms = data.get("cost", data) if isinstance(data, dict) else None
+        if not isinstance(terms, dict):
+            raise ConfigError(f"--cost {spec!r}: {path} must hold a JSON object of cost terms")
+        prices = file.with_name(file.name.removesuffix(".cost.json") + ".cost.sps.json")
+        for p in [policy] if policy else policies:
+            table = SPSTable.load(prices) if file.name.endswith(".cost.json") and prices.is_file() else tables[p]
+            out[p] = StepCost.from_dict(table, terms)
+    return out
+
+
 def _row(r: SimResult) -> str:
     return (
         f"{r.policy:<18}{r.load:<18}{r.per_user_mean:>10.1f}{r.throughput:>11.0f}{r.mean_budget:>8.2f}"
@@ -141,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--policy is empty")
     for p in policies:
         parse_policy(p)
-    acceptance = make_acceptance(args.acceptance, confidence=args.confidence, sharpness=args.sharpness, gamma=args.gamma)
+    acceptance = make_acceptance(args.acceptance, confidence=args.confidence, sharpness=args.sharpness, gamma=args.gamma,
+                                 censored=args.censored)
     prompt_len = LengthDist.parse(args.prompt_len, "--prompt-len")
     output_len = LengthDist.parse(args.output_len, "--output-len")
     context_len = args.context_len or int(round(prompt_len.mean() + output_len.mean() / 2))
@@ -157,9 +197,14 @@ def run(args: argparse.Namespace) -> int:
         warmup_requests=args.warmup_requests,
         max_concurrency=args.max_concurrency,
         prefill=args.prefill,
+        max_num_batched_tokens=args.max_num_batched_tokens,
         seed=args.seed,
     )
-    results = run_sweep(policies, loads, tables.get, acceptance, base)
+    costs = _costs(args.cost, policies, tables)
+    results = []
+    for policy in policies:  # each policy with its own table and, if given, its measured cost terms
+        cfg = base if policy not in costs else replace(base, cost=costs[policy])
+        results += run_sweep([policy], loads, tables.get, acceptance, cfg)
     slas = _csv(args.sla, float, "--sla")
     have = set(policies)
     sla = sla_table(results, args.target, args.baseline, slas) if {args.target, args.baseline} <= have else []
@@ -181,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
         "cost": args.sps or f"roofline:{args.roofline}@{args.hardware}",
         "context_len": context_len,
         "prefill": args.prefill,
+        "step_cost": {p: "measured terms" for p in costs} or None,
         "seed": args.seed,
         "rows": [
             {"policy": r.policy, "load": r.load, "tok_s_user": round(r.per_user_mean, 2), "tok_s_gpu": round(r.throughput, 1), "budget": round(r.mean_budget, 3),
