@@ -3,14 +3,41 @@
 Row r applies its own request's temperature / top-k / top-p (`dspark.sampling.processed_probs_rows`)
 and draws from its request's counter-based stream (`dspark.counter_rng`) starting at a counter the
 scheduler assigned, so the draws of a request never depend on which other requests share the batch.
+
+On CUDA with Triton installed, the drafter's per-slot work is two fused kernels
+(`dspark.kernels.sampling_triton`): `probs` when no row uses top-k or top-p (the host-side `RowParams`
+summaries say so, and they are part of a captured graph's key), and every `draw`. Elsewhere, and for
+top-k / top-p rows, the PyTorch functions run unchanged (CPU results are bit-identical to them).
 """
 
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import torch
 
 from dspark.counter_rng import counter_uniforms
 from dspark.sampling import RowParams, processed_probs_rows, sample_from
+
+
+@functools.cache
+def _triton_sampling() -> ModuleType | None:
+    try:
+        from dspark.kernels import sampling_triton
+    except ImportError:  # CPU-only installs without Triton
+        return None
+    return sampling_triton
+
+
+def sampling_kernels(device: torch.device) -> ModuleType | None:
+    """`dspark.kernels.sampling_triton` for tensors on `device` when it is CUDA and Triton imports, else None."""
+    return _triton_sampling() if device.type == "cuda" else None
+
+
+def temperature_only(params: RowParams) -> bool:
+    """No row can use top-k or top-p (per the host-side summaries), so the fused probs kernel applies."""
+    return params.max_top_k == 0 and not params.any_top_p
 
 
 class RowSampler:
@@ -19,15 +46,25 @@ class RowSampler:
         """`uniforms` [R, U]: the streams' next U draws, already computed (the step draws them all at once)."""
         self.params = params
         self.seeds = seeds  # [R] int64
-        self.counters = counters  # [R] int64, advanced by every draw
+        self._counters, self._advanced = counters, 0  # [R] int64 and how far every draw has moved them
         self._ready, self._used = uniforms, 0
+
+    @property
+    def counters(self) -> torch.Tensor:
+        """[R] int64: each stream's next counter (added on demand, not one device op per draw)."""
+        return self._counters + self._advanced if self._advanced else self._counters
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [R, ..., V] -> processed float32 probs of the same shape (row r with request r's params)."""
         vocab = logits.shape[-1]
         per_row = logits[0].numel() // vocab if logits.shape[0] else 1
-        flat = processed_probs_rows(logits.reshape(-1, vocab), self.params.repeat(per_row) if per_row > 1 else self.params)
-        return flat.reshape(logits.shape)
+        flat = logits.reshape(-1, vocab)
+        kernels = sampling_kernels(logits.device)
+        if kernels is not None and temperature_only(self.params):
+            probs = kernels.processed_probs(flat, self.params.temperature, self.params.any_greedy)
+        else:
+            probs = processed_probs_rows(flat, self.params.repeat(per_row) if per_row > 1 else self.params)
+        return probs.reshape(logits.shape)
 
     def uniforms(self, num: int) -> torch.Tensor:
         """The next `num` draws of every row's stream: [R, num] float64."""
@@ -37,10 +74,14 @@ class RowSampler:
         else:
             self._ready = None
             u = counter_uniforms(self.seeds, self.counters, num)
-        self.counters = self.counters + num
+        self._advanced += num
         return u
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
         """probs [R, ..., V] -> ids [R, ...] (one-hot rows of greedy requests give their argmax)."""
         per_row = probs[0].numel() // probs.shape[-1] if probs.shape[0] else 1
-        return sample_from(probs, uniforms=self.uniforms(per_row).reshape(probs.shape[:-1]))
+        uniforms = self.uniforms(per_row).reshape(probs.shape[:-1])
+        kernels = sampling_kernels(probs.device)
+        if kernels is not None:
+            return kernels.inverse_cdf(probs, uniforms)
+        return sample_from(probs, uniforms=uniforms)
