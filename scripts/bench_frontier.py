@@ -60,6 +60,7 @@ import torch
 from dspark.cli.common import DEFAULT_DRAFT, DEFAULT_TARGET, load_target_checked, resolve_device, resolve_dtype_name
 from dspark.drafters.base import Drafter
 from dspark.engine.llm import LLM
+from dspark.engine.profile import output_budget
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
 from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
@@ -259,16 +260,17 @@ def prompt_set(args: argparse.Namespace, target: TargetModel) -> list[list[int]]
 
 
 # ---------------------------------------------------------------------------------------------- run
-def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int) -> LLM:
+def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int, mean_prompt: float) -> LLM:
     gamma = spec.drafter.config.num_drafts if spec.drafter is not None else 0
     top = max(args.concurrency)
-    seq_len = longest + args.max_tokens + gamma + 1
+    context = int(mean_prompt + args.max_tokens / 2)  # the planner's SPS table is profiled at the workload's context
+    seq_len = max(longest + args.max_tokens + gamma + 1, context + output_budget(gamma, 5, 3, 1))
     num_pages = max(top * -(-seq_len // PAGE) + 1, 2048)
     # every policy gets the same room for prefill beside a full round of verify blocks
     budget = top * (gamma + 1) + max(2048, longest)
     options: dict[str, object] = dict(max_num_seqs=top, max_num_batched_tokens=budget,
                                       num_pages=num_pages, page_size=PAGE, enable_prefix_caching=args.prefix_caching,
-                                      max_model_len=max(seq_len, 512))
+                                      max_model_len=max(seq_len, 512), profile_context=context)
     if spec.synthetic is not None:
         options.update(synthetic_acceptance=spec.synthetic, synthetic_seed=args.seed)
     return LLM(target, spec.drafter, policy=spec.policy, sps=spec.sps, runner=args.runner, detokenize=False, **options)
@@ -285,7 +287,7 @@ def graph_counts(llm: LLM) -> dict[str, int]:
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
                printer: Printer) -> tuple[list[FrontierPoint], str | None, dict | None]:
     """The policy's closed loops on its own engine; with --simulate also the simulator's rows for them."""
-    llm = build_engine(spec, target, args, max(len(p) for p in prompts))
+    llm = build_engine(spec, target, args, max(len(p) for p in prompts), float(np.mean([len(p) for p in prompts])))
     label = llm.synthetic_label
     points, runs = [], []
     timer = PlannerTimer(llm.scheduler.planner).install(llm) if args.simulate else None  # host time of the planning

@@ -64,19 +64,23 @@ def test_graphed_steps_equal_eager_seeded_sampling(pair, policy):
             SamplingOptions(48, temperature=0.0, ignore_eos=True),
             SamplingOptions(48, temperature=0.7, top_k=20, seed=6, ignore_eos=True),
             SamplingOptions(48, temperature=1.0, top_p=0.8, seed=7, ignore_eos=True)]
+    opts.append(SamplingOptions(48, temperature=1.0, seed=8, ignore_eos=True))
+    prompts = PROMPTS + [[(7 * i) % 200 + 1 for i in range(150)]]  # prefilled in chunks beside decoding rows
     got = []
     for graphs in (True, False):
         d = None if policy == "none" else drafter
-        llm = LLM(target, d, policy=policy, page_size=16, max_num_seqs=8, eos_token_ids=(-1,))
-        llm.runner = ModelRunner(target, d, llm.blocks.num_pages, 16, cuda_graphs=graphs, max_num_seqs=8)
+        llm = LLM(target, d, policy=policy, page_size=16, max_num_seqs=8, max_num_batched_tokens=64,
+                  eos_token_ids=(-1,))
+        llm.runner = ModelRunner(target, d, llm.blocks.num_pages, 16, cuda_graphs=graphs, max_num_seqs=8,
+                                 max_num_batched_tokens=64)
         ids = []
-        for p, o in zip(PROMPTS, opts):
+        for p, o in zip(prompts, opts):
             ids.append(llm.add_request(p, o))
             llm.step()
         while llm.has_unfinished():
             llm.step()
-        if graphs:
-            assert llm.runner.step.num_graph_steps > 0
+        if graphs:  # every step replays a graph, the chunked prefill's included
+            assert llm.runner.step.num_graph_steps > 0 and llm.runner.step.num_eager_steps == 0
         got.append([llm.result(i).token_ids for i in ids])
     agree = sum(a == b for g, w in zip(*got) for a, b in zip(g, w)) / sum(len(w) for w in got[1])
     assert agree > 0.97, agree

@@ -1,8 +1,9 @@
 """`GraphedStep` (whole decode steps as one CUDA graph) against the eager step, on the CPU.
 
-In `replay_eagerly` mode a decode step is padded into the graphs' static buffers exactly as a replay
-would be (padding rows and tokens, verify blocks padded to γ, the drafter's context bound, the top-k
-bucket) and `speculative_step` runs on those buffers. Seeded sampling at T = 1 with top-k / top-p and
+In `replay_eagerly` mode every step, prefill chunks included, is padded into the graphs' static
+buffers exactly as a replay would be (padding rows, tokens and logits rows, verify blocks padded to γ,
+chunk promises, the drafter's context bound, the top-k bucket) and `speculative_step` runs on those
+buffers: no step may fall back to eager. Seeded sampling at T = 1 with top-k / top-p and
 greedy rows in one batch must give the same tokens, acceptances and confidences as the plain eager
 runner, for every drafter, staggered arrivals included; `-m gpu` tests replay real graphs
 (tests/test_engine_gpu.py).
@@ -21,7 +22,8 @@ from dspark.engine.options import SamplingOptions
 from dspark.engine.runner import ModelRunner, Runner
 from dspark.models import DenseLM
 
-PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 5, 6], [9], [10, 11, 12, 13], [3, 3, 3, 3, 3, 3]]
+# the long prompt is prefilled in chunks (max_num_batched_tokens 48) next to decoding requests
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 5, 6], [9], [i % 12 + 1 for i in range(70)], [3, 3, 3, 3, 3, 3]]
 OPTIONS = [SamplingOptions(24, temperature=1.0, seed=11, ignore_eos=True),
            SamplingOptions(24, temperature=0.0, ignore_eos=True),
            SamplingOptions(24, temperature=0.8, top_k=5, seed=12, ignore_eos=True),
@@ -70,7 +72,8 @@ def test_graphed_step_equals_eager(target_and_map, method, kw, policy):
     drafter = None if method is None else taught_drafter(target, f, method, kw)
     results, runners = [], []
     for graphed in (False, True):
-        llm = LLM(target, drafter, policy=policy, page_size=4, max_num_seqs=8, eos_token_ids=(-1,), runner="model")
+        llm = LLM(target, drafter, policy=policy, page_size=4, max_num_seqs=6, max_num_batched_tokens=48,
+                  eos_token_ids=(-1,), runner="model")
         pages = llm.blocks.num_pages
         llm.runner = (graphed_runner(target, drafter, pages, 4, 8) if graphed
                       else ModelRunner(target, drafter, pages, 4, cuda_graphs=False))
@@ -82,5 +85,8 @@ def test_graphed_step_equals_eager(target_and_map, method, kw, policy):
         for ca, cb in zip(a[2], b[2]):
             assert ca == pytest.approx(cb, abs=1e-4)
     step = runners[1].step
-    assert step.num_graph_steps > 0 and step.num_eager_steps > 0  # decode steps graphed, prefill steps not
+    assert step.num_graph_steps > 0 and step.num_eager_steps == 0  # every step graphed, prefill chunks included
     assert len(step.graphs) >= 2  # several padded sizes served
+    gamma = drafter.config.num_drafts if drafter is not None else 0
+    assert any(key.target.max_query_len > gamma + 1 for key in step.graphs)  # chunk graphs
+    assert any(0 < key.target.num_logits < key.target.num_tokens for key in step.graphs)  # fewer logits rows

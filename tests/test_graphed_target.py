@@ -89,9 +89,10 @@ def test_padded_static_batches_equal_the_unpadded_forward():
         want = eager.forward(batch, None, FEATURE_IDS)
         assert got.logits.shape == want.logits.shape and got.features.shape == want.features.shape
         outputs_close(got, want)
-    assert (graphed.num_graph_steps, graphed.num_eager_steps) == (3, 2)  # the prefills run eagerly
+    assert (graphed.num_graph_steps, graphed.num_eager_steps) == (5, 0)  # prefill chunks get graphs of their own
     ids = tuple(FEATURE_IDS)
-    assert set(graphed.graphs) == {GraphKey(8, 4, 4, 60, ids), GraphKey(4, 4, 1, 63, ids)}  # verify, decode graphs
+    assert {GraphKey(8, 4, 4, 60, ids), GraphKey(4, 4, 1, 63, ids)} <= set(graphed.graphs)  # verify, decode graphs
+    assert any(key.max_query_len > 4 for key in graphed.graphs)  # a chunk's promise
 
 
 def test_graph_keys_pad_tokens_and_sequences():
@@ -104,7 +105,10 @@ def test_graph_keys_pad_tokens_and_sequences():
     key = graphed.graph_key(24, 3, 8, 10, 3, None)  # 3 verify blocks of 8
     assert (key.num_tokens, key.num_seqs, key.max_query_len) == (32, 4, 8)
     assert graphed.graph_key(33, 4, 8, 10, 3, None) is None  # beyond the ladder
-    assert graphed.graph_key(9, 1, 9, 10, 3, None) is None  # longer than the promise: a prefill chunk
+    key = graphed.graph_key(9, 1, 9, 10, 3, None, num_logits=1)  # longer than the promise: a prefill chunk
+    assert (key.num_tokens, key.num_seqs, key.max_query_len, key.logits_rows) == (16, 2, 16, 1)
+    key = graphed.graph_key(30, 3, 20, 10, 3, None, num_logits=9)  # a chunk beside two verify blocks
+    assert (key.num_tokens, key.max_query_len, key.num_logits) == (32, 32, 16)
     assert graphed.graph_key(4, 4, 1, 64, 3, None) is None  # past max_model_len
     assert graphed.graph_key(4, 4, 1, 10, 99, None) is None  # wider block table than the buffers
 

@@ -11,13 +11,16 @@ Every drafter (DSpark, DFlash, Eagle3, MTP-1) is an `nn.Module` with a `DrafterC
 * `propose(state, update, anchor_ids, params, generator)`: both in one call (the Python API);
 * `context_layers` and `state_for(kv)`: how many K/V layers its context cache has, and the state
   object around a given cache (the engine passes a paged view, `dspark.engine.draft_kv`).
+Drafters whose context K/V at a position depend on the target's features there and nothing else
+(DSpark, DFlash) are also a `FlatAbsorber`: the engine hands them the step's flat token axis and the
+target's own slot mapping (no per-row padding; positions later rejected are overwritten, like the target's).
 Round flow: target verifies -> ContextUpdate -> drafter.absorb -> drafter.draft -> policy picks lengths -> verify.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -98,6 +101,18 @@ class ContextKV(Protocol):
 
 class DrafterState(Protocol):
     kv: ContextKV
+
+
+class SlotWriter(Protocol):
+    """A paged K/V store (`dspark.engine.kv_cache.PagedKVCache`): k, v [N, Hkv, D] at flat slots [N] (< 0: dropped)."""
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class FlatAbsorber(Protocol):
+    def absorb_flat(self, cache: SlotWriter, features: torch.Tensor, positions: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None: ...
 
 
 class Drafter(Protocol):

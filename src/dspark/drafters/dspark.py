@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dspark.drafters.base import BlockScores, ContextKV, ContextUpdate, Proposal, calibrated_confidence, copy_frozen_from_target
+from dspark.drafters.base import (BlockScores, ContextKV, ContextUpdate, Proposal, SlotWriter, calibrated_confidence,
+                                  copy_frozen_from_target)
 from dspark.drafters.config import DrafterConfig
 from dspark.drafters.heads import HEADS, ConfidenceHead, MarkovHead
 from dspark.drafters.kv_cache import RaggedKV
@@ -127,6 +128,13 @@ class DSparkDrafter(nn.Module):
         pos, _ = state.kv.write_positions(update.num_new, update.features.shape[1])
         kv = self.context_kv(update.features, pos)
         state.kv.append([k for k, _ in kv], [v for _, v in kv], update.num_new)
+
+    def absorb_flat(self, cache: SlotWriter, features: torch.Tensor, positions: torch.Tensor,
+                    slot_mapping: torch.Tensor) -> None:
+        """The engine's absorb: features [N, n·d] at positions [N] -> context K/V stored at slot_mapping [N]."""
+        kv = self.context_kv(features.unsqueeze(0), positions.unsqueeze(0))
+        for layer, (k, v) in enumerate(kv):
+            cache.write(layer, slot_mapping, k[0], v[0])
 
     def block_hidden(self, state: DSparkState, anchor_ids: torch.Tensor) -> torch.Tensor:
         """Backbone output [R, γ, d] for a block right after each row's cached context."""

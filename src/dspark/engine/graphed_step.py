@@ -1,20 +1,20 @@
 """`GraphedStep`: a whole engine step (target verify, sampling, rejection, absorb, proposal) as ONE CUDA graph.
 
 Where it sits: `dspark.engine.runner.ModelRunner` on CUDA hands every `StepPlan` to a `GraphedStep`
-instead of calling `dspark.engine.step.speculative_step` directly. Decode steps (every sequence
-verifies a block, or decodes one token, and every sequence drafts after it, or none does) replay a
-graph that captured `speculative_step` itself over static buffers, so the drafter's γ-step loop and
-the sampler cost one launch instead of hundreds. Other steps (prefill chunks, first tokens) run
-`speculative_step` eagerly with the graphed target (`GraphedDenseTarget`) underneath.
+instead of calling `dspark.engine.step.speculative_step` directly. A step replays a graph that
+captured `speculative_step` itself over static buffers, so the drafter's γ-step loop and the sampler
+cost one launch instead of hundreds. Steps with prefill chunks replay graphs too: the step treats
+every row alike (a prefill row verifies nothing; see `dspark.engine.step`), so a graph only depends
+on shapes. Steps no graph can serve (more tokens than the ladder) run `speculative_step` eagerly.
 
-Shapes. A graph serves the target's `GraphKey` (tokens and sequences padded up a ladder, a promised
-query length, a context bound: see `dspark.engine.graphed_target`) plus what the rest of the step
-depends on: the sampling summaries (top-k bucketed to a power of two, any top-p, any greedy row), whether the step
-drafts, the synthetic-acceptance flag, and a power-of-two bound of the drafter's context (its
-attention gathers that many positions). The runner already pads verify blocks to γ and update rows
-to γ+1, so every decode step of B sequences has the same plan shape; sequences B .. S_pad are padding
-rows (no drafts verified, context 0, an all -1 block table: their K/V writes land in the null page)
-whose outputs are sliced off.
+Shapes. A graph serves the target's `GraphKey` (tokens, sequences and logits rows padded up a ladder,
+a promised query length: 1, γ+1, or a power of two for chunks; a context bound: see
+`dspark.engine.graphed_target`) plus what the rest of the step depends on: the sampling summaries
+(top-k bucketed to a power of two, any top-p, any greedy row), whether the step drafts (then every
+row drafts and the rows that do not need it are dropped), the synthetic-acceptance flag, and a
+power-of-two bound of what the drafter's attention gathers (context plus committed positions).
+Sequences B .. S_pad are padding rows (no drafts verified, context 0, an all -1 block table: their K/V
+writes land in the null page) whose outputs are sliced off.
 
 Outputs are views of the graph's static tensors, valid until the next replay; the proposal's draft
 distributions (kept per request until its next verify step) are copied out. ``replay_eagerly`` (tests
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark.drafters.base import Drafter, Proposal
+from dspark.drafters.base import Drafter, FlatAbsorber, Proposal
 from dspark.engine.batch import FlatBatch
 from dspark.engine.graphed_target import MIN_CONTEXT_BUCKET, GraphedDenseTarget, GraphKey
 from dspark.engine.kv_cache import PagedKVCache
@@ -35,6 +35,8 @@ from dspark.engine.messages import ScheduledSeq
 from dspark.engine.step import StepPlan, StepResult, speculative_step
 from dspark.engine.target import TargetOutput
 from dspark.sampling import RowParams
+
+MAX_UPDATE_POSITIONS = 32768  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class StepKey:
     any_greedy: bool
     draft: bool  # every sequence drafts after the step (else none does)
     forced: bool  # synthetic acceptance (benchmarks only)
-    draft_context: int  # bound of the drafter's cached context (0 without a drafter)
+    draft_context: int  # bound of what the drafter's attention gathers (0 without a drafter)
+    update_width: int  # W of the per-row update (0: the drafter absorbs the flat tokens, or no drafter)
 
 
 def _pow2_at_least(x: int, floor: int) -> int:
@@ -70,68 +73,78 @@ class _RawForward:
 class _PlanBuffers:
     """Static plan tensors shared by every graph (each graph reads a prefix)."""
 
-    def __init__(self, max_seqs: int, max_tokens: int, gamma: int, vocab: int, device: torch.device) -> None:
+    def __init__(self, max_seqs: int, max_tokens: int, gamma: int, vocab: int, max_width: int,
+                 device: torch.device) -> None:
         long = dict(dtype=torch.long, device=device)
-        s, w = max_seqs, gamma + 1
+        s, k1 = max_seqs, gamma + 1
         self.temperature = torch.ones(s, dtype=torch.float32, device=device)
         self.top_k = torch.zeros(s, **long)
         self.top_p = torch.ones(s, dtype=torch.float32, device=device)
         self.seeds = torch.zeros(s, **long)
         self.counters = torch.zeros(s, **long)
         self.logit_rows = torch.zeros(max_tokens, **long)
-        self.verify_logits = torch.zeros(s, w, **long)
+        self.verify_logits = torch.zeros(s, k1, **long)
         self.draft_ids = torch.zeros(s, gamma, **long)
         self.draft_probs = torch.zeros(s, gamma, vocab, dtype=torch.float32, device=device)
         self.num_verify = torch.zeros(s, **long)
-        self.update_index = torch.zeros(s, w, **long)
-        self.next_known = torch.full((s, w), -1, **long)
         self.num_new = torch.zeros(s, **long)
+        self.update_index = torch.zeros(s, max_width, **long)
+        self.next_known = torch.full((s, max_width), -1, **long)
         self.known_anchor = torch.full((s,), -1, **long)
         self.forced = torch.zeros(s, **long)
         self.index = torch.arange(s, **long)
         self.gamma = gamma
 
+    def _rows(self) -> list[tuple[torch.Tensor, str, float]]:
+        """(buffer, plan field, padding value) of every per-row tensor."""
+        return [(self.temperature, "temperature", 1.0), (self.top_k, "top_k", 0), (self.top_p, "top_p", 1.0),
+                (self.seeds, "seeds", 0), (self.counters, "counters", 0), (self.verify_logits, "verify_logits", 0),
+                (self.num_verify, "num_verify", 0), (self.num_new, "num_new_host", 0),
+                (self.known_anchor, "known_anchor", -1), (self.draft_ids, "draft_ids", 0),
+                (self.draft_probs, "draft_probs", 0.0), (self.forced, "forced_accepted", 0),
+                (self.update_index, "update_index", 0), (self.next_known, "next_known", -1)]
+
     def plan(self, key: StepKey, batch: FlatBatch) -> StepPlan:
-        s, n = key.target.num_seqs, key.target.num_tokens
+        s, m, w = key.target.num_seqs, key.target.logits_rows, key.update_width
         rows = list(range(s))
         params = RowParams(self.temperature[:s], self.top_k[:s], self.top_p[:s], key.top_k_bound, key.any_top_p,
                            key.any_greedy)
         empty = self.index[:0]
-        return StepPlan(batch, [], params, self.seeds[:s], self.counters[:s], self.logit_rows[:n], rows,
-                        self.index[:s], self.verify_logits[:s], self.draft_ids[:s], self.draft_probs[:s],
-                        self.num_verify[:s], [], empty, empty, self.update_index[:s], self.next_known[:s],
-                        self.num_new[:s], rows if key.draft else [], self.index[:s] if key.draft else empty,
-                        self.known_anchor[:s], self.gamma, key.draft_context,
-                        self.forced[:s] if key.forced else None)
+        return StepPlan(batch, [], params, self.seeds[:s], self.counters[:s], self.logit_rows[:m],
+                        self.verify_logits[:s], self.draft_ids[:s], self.draft_probs[:s], self.num_verify[:s],
+                        self.num_new[:s], self.update_index[:s, :w], self.next_known[:s, :w], self.known_anchor[:s],
+                        rows, rows if key.draft else [], self.index[:s] if key.draft else empty, self.gamma,
+                        key.draft_context, key.draft_context, self.forced[:s] if key.forced else None)
 
     def fill(self, key: StepKey, plan: StepPlan) -> None:
-        """Copy a decode step's plan in, padding rows B .. S_pad (device-to-device only)."""
-        b, s, m = len(plan.seqs), key.target.num_seqs, int(plan.logit_rows.shape[0])  # padding rows: b .. s
-        pairs = [(self.temperature, plan.params.temperature, 1.0), (self.top_k, plan.params.top_k, 0),
-                 (self.top_p, plan.params.top_p, 1.0), (self.seeds, plan.seeds, 0), (self.counters, plan.counters, 0),
-                 (self.verify_logits, plan.verify_logits, 0), (self.num_verify, plan.num_verify, 0),
-                 (self.update_index, plan.update_index, 0), (self.next_known, plan.next_known, -1),
-                 (self.num_new, plan.num_new_host, 0), (self.known_anchor, plan.known_anchor, -1)]
-        if self.gamma:
-            pairs += [(self.draft_ids, plan.draft_ids, 0), (self.draft_probs, plan.draft_probs, 0.0)]
-        if plan.forced_accepted is not None:
-            pairs.append((self.forced, plan.forced_accepted, 0))
-        pairs.append((self.logit_rows[: key.target.num_tokens], plan.logit_rows, None))
-        torch._foreach_copy_([buf[: val.shape[0]] for buf, val, _ in pairs], [val for _, val, _ in pairs])  # one launch
-        if b < s:
-            for buf, _, pad in pairs[:-1]:
+        """Copy a step's plan in, padding rows B .. S_pad and update columns W .. W_pad (device-to-device only)."""
+        b, s, m = len(plan.seqs), key.target.num_seqs, int(plan.logit_rows.shape[0])
+        src = {"temperature": plan.params.temperature, "top_k": plan.params.top_k, "top_p": plan.params.top_p}
+        dst, vals, pads = [], [], []
+        for buf, name, pad in self._rows():
+            val = src[name] if name in src else getattr(plan, name)
+            if val is None or buf.dim() > 1 and buf.shape[1] == 0:
+                continue
+            dst.append(buf[tuple(slice(0, d) for d in val.shape)])
+            vals.append(val)
+            pads.append((buf, pad, val.shape))
+        dst.append(self.logit_rows[:m])
+        vals.append(plan.logit_rows)
+        torch._foreach_copy_(dst, vals)  # one launch
+        for buf, pad, shape in pads:
+            if b < s:
                 buf[b:s].fill_(pad)
-        self.logit_rows[m:key.target.num_tokens].zero_()
+            if (buf is self.update_index or buf is self.next_known) and shape[1] < key.update_width:
+                buf[:b, shape[1]: key.update_width].fill_(pad)
+        if m < key.target.logits_rows:
+            self.logit_rows[m: key.target.logits_rows].zero_()
 
     def fill_idle(self, key: StepKey) -> None:
         """Every row padding (warm-up and capture)."""
         s = key.target.num_seqs
-        for buf, pad in ((self.temperature, 1.0), (self.top_k, 0), (self.top_p, 1.0), (self.seeds, 0), (self.counters, 0),
-                         (self.verify_logits, 0), (self.num_verify, 0), (self.update_index, 0), (self.next_known, -1),
-                         (self.num_new, 0), (self.known_anchor, -1), (self.draft_ids, 0), (self.draft_probs, 0.0),
-                         (self.forced, 0)):
+        for buf, _, pad in self._rows():
             buf[:s].fill_(pad)
-        self.logit_rows[:key.target.num_tokens].zero_()
+        self.logit_rows[: key.target.logits_rows].zero_()
 
 
 @dataclass
@@ -148,6 +161,7 @@ class GraphedStep:
         self.target, self.drafter, self.draft_kv = target, drafter, draft_kv
         self.gamma = drafter.config.num_drafts if drafter is not None else 0
         self.layer_ids = None if drafter is None else list(drafter.config.target_layer_ids)
+        self.per_row_update = drafter is not None and not isinstance(drafter, FlatAbsorber)
         sizes = target.sizes
         need = max_seqs + 1  # + the dummy sequence of padding tokens
         self.max_seqs = next((x for x in sizes if x >= need), sizes[-1])
@@ -175,39 +189,39 @@ class GraphedStep:
         else:
             result = speculative_step(entry.plan, self._raw, self.drafter, self.draft_kv)
         self.num_graph_steps += 1
-        return self._slice(result, len(plan.seqs))
+        return self._slice(result, plan)
 
     def key(self, plan: StepPlan) -> StepKey | None:
         """The graph that serves this plan, or None (an eager step)."""
-        if not self.enabled or plan.first_rows or len(plan.verify_rows) != len(plan.seqs):
-            return None
-        if plan.draft_rows and len(plan.draft_rows) != len(plan.seqs):
-            return None
-        if plan.verify_logits.shape[1] != self.gamma + 1 or plan.update_index.shape[1] != self.gamma + 1:
+        if not self.enabled:
             return None
         batch = plan.batch
         max_q, max_ctx = self.target.host_bounds(batch, plan.seqs)
         tkey = self.target.graph_key(batch.num_tokens, batch.num_seqs, max_q, max_ctx, batch.block_tables.shape[1],
-                                     self.layer_ids)
+                                     self.layer_ids, int(plan.logit_rows.shape[0]))
         if tkey is None or tkey.num_seqs > self.max_seqs:
             return None
+        width = 0
+        if self.per_row_update:
+            width = max(tkey.max_query_len, self.gamma + 1)
+            if width * tkey.num_seqs > MAX_UPDATE_POSITIONS or width > self.target.sizes[-1]:
+                return None
         p = plan.params
         top_k = 0 if p.max_top_k == 0 else (self.target.vocab_size if p.max_top_k < 0 else
                                             min(_pow2_at_least(p.max_top_k, 1), self.target.vocab_size))
         draft_ctx = 0
-        if self.drafter is not None:  # the proposal gathers draft_ctx + γ+1 positions: within the block tables
-            room = self.target.max_model_len - (self.gamma + 1)
-            if plan.max_context > room:
-                return None
-            draft_ctx = min(_pow2_at_least(plan.max_context, MIN_CONTEXT_BUCKET), room)
-        return StepKey(tkey, top_k, p.any_top_p, p.any_greedy, bool(plan.draft_rows), plan.forced_accepted is not None, draft_ctx)
+        if self.drafter is not None:  # the proposal gathers this many positions: within the block tables
+            draft_ctx = min(_pow2_at_least(plan.draft_length, MIN_CONTEXT_BUCKET), self.target.max_model_len)
+        return StepKey(tkey, top_k, p.any_top_p, p.any_greedy, bool(plan.draft_rows), plan.forced_accepted is not None,
+                       draft_ctx, width)
 
     @torch.no_grad()
     def capture(self, key: StepKey) -> _Captured:
         """Capture (or, in `replay_eagerly` mode, only prepare) the graph of `key`."""
         if self._buffers is None:
+            width = self.target.sizes[-1] if self.per_row_update else 0
             self._buffers = _PlanBuffers(self.max_seqs, self.target.sizes[-1], self.gamma, self.target.vocab_size,
-                                         self.target.device)
+                                         width, self.target.device)
         static = self.target.static_buffers()
         plan = self._buffers.plan(key, static.batch(key.target))
         if not self.target.use_graphs:
@@ -231,12 +245,19 @@ class GraphedStep:
         self.graphs[key] = entry
         return entry
 
-    def _slice(self, result: StepResult, b: int) -> StepResult:
+    def _slice(self, result: StepResult, plan: StepPlan) -> StepResult:
+        b = len(plan.seqs)
         prop = result.proposal
         if prop is not None:
-            prop = Proposal(prop.draft_ids[:b], prop.draft_probs[:b].clone(),
-                            None if prop.confidence is None else prop.confidence[:b])
-        return StepResult(result.out_ids[:b], result.num_accepted[:b], result.first_ids, prop)
+            if len(plan.draft_rows) == b:
+                ids, probs, conf = prop.draft_ids[:b], prop.draft_probs[:b].clone(), prop.confidence
+                conf = None if conf is None else conf[:b]
+            else:  # every row drafted: keep those that decode next step
+                rows = plan.draft_index
+                ids, probs = prop.draft_ids[rows], prop.draft_probs[rows]
+                conf = None if prop.confidence is None else prop.confidence[rows]
+            prop = Proposal(ids, probs, conf)
+        return StepResult(result.out_ids[:b], result.num_accepted[:b], prop)
 
     def clear_graphs(self) -> None:
         self.graphs.clear()

@@ -10,8 +10,9 @@ graph serves any mix of verify lengths), the attention's context bound, and the 
 The step's tensors are copied into static buffers (device-to-device, no host sync); padding tokens
 (N .. N_pad) have slot -1 (their K/V are never stored) and form one dummy sequence with context 0 and
 an all -1 block table (it reads the null page); further padded sequences are empty. Outputs of padding
-rows are unspecified and sliced off. Steps the ladder cannot serve (more tokens than the largest size,
-a query run longer than the promise: prefill chunks) run the same fused forward eagerly.
+rows are unspecified and sliced off. Steps with query runs longer than the promise (prefill chunks) get
+graphs of their own: a power-of-two query promise and a ladder size of logits rows (a 2,048-token
+chunk does not run the LM head 2,048 times). Steps past the ladder run the same forward eagerly.
 
 The context bound: the split-K attention plan of small grids depends on the longest context, so a
 graph whose plan splits is captured for a power-of-two context bucket (>= the step's longest context);
@@ -38,6 +39,27 @@ from dspark.models import DenseLM, DenseOutput
 
 DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 MIN_CONTEXT_BUCKET = 256
+MIN_CHUNK_BOUND = 16  # smallest query promise of a graph with prefill chunks
+
+
+def _pow2_at_least(x: int, floor: int) -> int:
+    b = floor
+    while b < x:
+        b *= 2
+    return b
+
+
+def ladder_for(max_tokens: int, max_seqs: int | None = None) -> tuple[int, ...]:
+    """The engine's ladder: powers of two and their halfway points (1, 2, 3, 4, 6, 8, 12, ...) up to
+    `max_tokens` (a step's token budget), plus ``max_seqs + 1`` (a full batch and its dummy sequence)."""
+    out = {1, 2}
+    b = 2
+    while b < max_tokens:
+        out.update((b + b // 2, 2 * b))
+        b *= 2
+    if max_seqs is not None:
+        out.add(max_seqs + 1)
+    return tuple(sorted(out))
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,11 @@ class GraphKey:
     max_query_len: int  # promised per sequence
     max_context_len: int  # promised bound of every context_lens[b]
     layer_ids: tuple[int, ...] | None
+    num_logits: int = 0  # padded logits rows (0: num_tokens)
+
+    @property
+    def logits_rows(self) -> int:
+        return self.num_logits or self.num_tokens
 
 
 @dataclass
@@ -72,7 +99,7 @@ class _StaticBuffers:
     def batch(self, key: GraphKey) -> FlatBatch:
         n, s = key.num_tokens, key.num_seqs
         return FlatBatch(self.input_ids[:n], self.positions[:n], self.slot_mapping[:n], self.query_start[: s + 1],
-                         self.context_lens[:s], self.block_tables[:s], self.logits_indices[:n],
+                         self.context_lens[:s], self.block_tables[:s], self.logits_indices[: key.logits_rows],
                          max_query_len=key.max_query_len, max_context_len=key.max_context_len)
 
     def fill(self, key: GraphKey, src: FlatBatch) -> None:
@@ -88,8 +115,8 @@ class _StaticBuffers:
         if n < n_pad:
             for buf, pad in ((self.input_ids, 0), (self.positions, 0), (self.slot_mapping, -1)):
                 buf[n:n_pad].fill_(pad)
-        if m < n_pad:
-            self.logits_indices[m:n_pad].zero_()
+        if m < key.logits_rows:
+            self.logits_indices[m: key.logits_rows].zero_()
         if s < s_pad:
             self.query_start[s + 1: s_pad + 1].fill_(n_pad)  # the dummy sequence takes every padding token
             self.context_lens[s:s_pad].zero_()
@@ -149,23 +176,33 @@ class GraphedDenseTarget:
         return batch.host_bounds()  # reads the device: only callers that give neither
 
     def graph_key(self, num_tokens: int, num_seqs: int, max_query_len: int, max_context_len: int,
-                  block_table_width: int, layer_ids: list[int] | None) -> GraphKey | None:
-        """The graph that serves a step of this shape, or None (run eagerly)."""
+                  block_table_width: int, layer_ids: list[int] | None, num_logits: int | None = None) -> GraphKey | None:
+        """The graph that serves a step of this shape, or None (run eagerly).
+
+        Query runs longer than the promise (prefill chunks) get a power-of-two promise of their own
+        (>= ``MIN_CHUNK_BOUND``), and their logits rows (`num_logits`, default every token) a ladder size.
+        """
         if not (self.use_graphs or self.replay_eagerly) or num_tokens == 0 or num_tokens > self.sizes[-1]:
             return None
-        if max_query_len > self.max_query_len or block_table_width > self.max_pages:
-            return None
-        q_bound = 1 if max_query_len <= 1 else self.max_query_len
-        if max_context_len + q_bound > self.max_model_len:
+        if block_table_width > self.max_pages:
             return None
         n_pad = self.sizes[bisect.bisect_left(self.sizes, num_tokens)]
+        if max_query_len <= self.max_query_len:
+            q_bound = 1 if max_query_len <= 1 else self.max_query_len
+            if max_context_len + q_bound > self.max_model_len:
+                return None
+        else:  # a chunk: the kernel reads bound + promise >= every row's kv length (see context_bound)
+            q_bound = min(_pow2_at_least(max_query_len, MIN_CHUNK_BOUND), n_pad, self.max_model_len)
+        m = num_tokens if num_logits is None else num_logits
+        m_pad = min(self.sizes[bisect.bisect_left(self.sizes, max(m, 1))], n_pad)
         need = num_seqs + (1 if n_pad > num_tokens else 0)
         i = bisect.bisect_left(self.sizes, need)
         if i == len(self.sizes):
             return None
         s_pad = self.sizes[i]
         bound = self.context_bound(s_pad, q_bound, max_context_len)
-        return GraphKey(n_pad, s_pad, q_bound, bound, None if layer_ids is None else tuple(int(x) for x in layer_ids))
+        ids = None if layer_ids is None else tuple(int(x) for x in layer_ids)
+        return GraphKey(n_pad, s_pad, q_bound, bound, ids, 0 if m_pad == n_pad else m_pad)
 
     def context_bound(self, num_seqs: int, max_query_len: int, max_context_len: int) -> int:
         full = self.max_model_len - max_query_len
@@ -192,7 +229,8 @@ class GraphedDenseTarget:
     @torch.no_grad()
     def forward(self, batch: FlatBatch, seqs: list[ScheduledSeq] | None, layer_ids: list[int] | None) -> TargetOutput:
         max_q, max_ctx = self.host_bounds(batch, seqs)
-        key = self.graph_key(batch.num_tokens, batch.num_seqs, max_q, max_ctx, batch.block_tables.shape[1], layer_ids)
+        key = self.graph_key(batch.num_tokens, batch.num_seqs, max_q, max_ctx, batch.block_tables.shape[1], layer_ids,
+                             int(batch.logits_indices.shape[0]))
         if key is None:
             self.num_eager_steps += 1
             out = self.model(dataclasses.replace(batch, max_query_len=max_q, max_context_len=max_ctx), self.kv, layer_ids)

@@ -152,7 +152,8 @@ class LLM:
         if kind in ("model", "auto"):
             try:
                 return ModelRunner(self.target, self.drafter, num_pages, ps, cuda_graphs=not self.config.enforce_eager,
-                                   max_num_seqs=self.config.max_num_seqs, **extra)
+                                   max_num_seqs=self.config.max_num_seqs,
+                                   max_num_batched_tokens=self.config.max_num_batched_tokens, **extra)
             except UnsupportedModelError:
                 if kind == "model":
                     raise

@@ -58,6 +58,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     policy: str = "fixed:7"  # verification-length policy (dspark.scheduling); "none" = plain decoding
     sps_path: str | None = None  # SPS table JSON for dspark / dspark-async / +gate (None: profile or roofline)
+    profile_context: int | None = None  # context of the start-up SPS profile (None: 64; give the workload's)
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     enforce_eager: bool = False  # no CUDA graphs (the same results, every step launched op by op)
     # benchmark only, NOT lossless: acceptance drawn from a preset / curve:... / JSONL trace (dspark.engine.synthetic)
@@ -77,6 +78,8 @@ class EngineConfig:
                               f"got {self.synthetic_acceptance!r}")
         if not isinstance(self.synthetic_seed, int) or isinstance(self.synthetic_seed, bool) or self.synthetic_seed < 0:
             raise ConfigError(f"synthetic_seed must be an integer >= 0, got {self.synthetic_seed!r}")
+        if self.profile_context is not None and (not isinstance(self.profile_context, int) or self.profile_context < 1):
+            raise ConfigError(f"profile_context must be an integer >= 1, got {self.profile_context!r}")
         if self.max_num_batched_tokens < self.max_num_seqs * (num_drafts + 1):
             raise ConfigError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must hold a verify block of "
                               f"every request: >= max_num_seqs x (γ+1) = {self.max_num_seqs * (num_drafts + 1)}")

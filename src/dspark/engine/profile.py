@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def output_budget(gamma: int, num_widths: int, repeats: int, warmup: int) -> int:
+    """Output tokens a profiled request may need (every timed step commits up to γ+1)."""
+    return (warmup + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
+
+
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
     times = []
     for i in range(warmup + repeats):
@@ -87,8 +92,7 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
         raise ConfigError("profile an idle engine (requests are running)")
     gamma = llm.num_drafts
     widths = sorted({int(w) for w in widths if w - 1 <= gamma} | ({gamma + 1} if gamma else set()) | {1})
-    steps_needed = warmup + repeats + 2
-    budget = steps_needed * (len(widths) + 2) * (gamma + 1) + 8
+    budget = output_budget(gamma, len(widths), repeats, warmup)
     rng = np.random.default_rng(seed)
     saved = llm.scheduler.planner
     rows: list[dict] = []
@@ -135,11 +139,23 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
     return table, rows
 
 
+def startup_profile(llm: LLM) -> tuple[list[int], int]:
+    """Request counts and context of the start-up profile: 1, 4, 16, 64, 256 up to max_num_seqs (and it),
+    at `EngineConfig.profile_context` (default 64, at most an eighth of max_model_len)."""
+    limit = llm.config.max_num_seqs
+    requests = sorted({r for r in (1, 4, 16, 64, 256) if r <= limit} | {limit})
+    context = llm.config.profile_context or min(64, max(8, llm.max_model_len // 8))
+    room = llm.max_model_len - output_budget(llm.num_drafts, 5, 3, 1)
+    return requests, max(8, min(context, room))
+
+
 def cache_key(llm: LLM) -> str:
-    """Target, drafter, device, dtype and runner: what the table depends on."""
+    """Target, drafter, device, dtype, runner and the profile's shape: what the table depends on."""
+    requests, context = startup_profile(llm)
     parts = {"target": llm.target.fingerprint(), "runner": type(llm.runner.target).__name__,
              "device": torch.cuda.get_device_name(llm.runner.device) if llm.runner.device.type == "cuda" else "cpu",
-             "dtype": str(llm.target.dtype), "page_size": llm.config.page_size}
+             "dtype": str(llm.target.dtype), "page_size": llm.config.page_size, "requests": requests,
+             "context": context}
     if llm.drafter is not None:
         weights = hashlib.sha256()
         for name, p in sorted(llm.drafter.state_dict().items()):
@@ -162,10 +178,9 @@ def table_for(llm: LLM) -> SPSTable:
             return SPSTable.load(path)
         except Exception as exc:  # a corrupt cache entry is re-measured, never fatal
             log.warning("ignoring unreadable SPS cache %s (%s)", path, exc)
-    limit = llm.config.max_num_seqs
-    requests = [r for r in (1, 4, 16, 64) if r <= limit] or [1]
-    log.info("profiling the engine's SPS table (requests %s); cached at %s", requests, path)
-    table, _ = profile_engine(llm, requests=requests, context=min(64, max(8, llm.max_model_len // 8)), repeats=3, warmup=1)
+    requests, context = startup_profile(llm)
+    log.info("profiling the engine's SPS table (requests %s, context %d); cached at %s", requests, context, path)
+    table, _ = profile_engine(llm, requests=requests, context=context, repeats=3, warmup=1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from dspark.drafters.base import Drafter
+from dspark.drafters.base import Drafter, FlatAbsorber
 from dspark.engine.batch import FlatBatch, slots_for
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.messages import RunnerOutput, SchedulerOutput, SeqResult
@@ -61,9 +62,12 @@ class _Upload:
     def add(self, values: list, width: int | None = None) -> int:
         """Queue a 1-D list, or a 2-D list of rows of `width` items; returns its index for `send`."""
         start = len(self.flat)
-        if width is None:
+        if isinstance(values, np.ndarray):
+            self.flat += values.reshape(-1).tolist()
+            shape: tuple[int, ...] = tuple(values.shape)
+        elif width is None:
             self.flat += values
-            shape: tuple[int, ...] = (len(values),)
+            shape = (len(values),)
         else:
             for row in values:
                 self.flat += row
@@ -99,6 +103,7 @@ class Runner:
             dtype = next(drafter.parameters()).dtype
             self.draft_kv = PagedKVCache(drafter.context_layers, num_pages, page_size, c.num_key_value_heads,
                                          c.head_dim, dtype, self.device)
+        self.per_row_update = drafter is not None and not isinstance(drafter, FlatAbsorber)  # [B, W] updates
         self.host_syncs = 0  # device -> host reads (one per step by design)
         self.step: StepFn = step or (lambda plan: speculative_step(plan, self.target, self.drafter, self.draft_kv))
 
@@ -108,72 +113,67 @@ class Runner:
 
     # ------------------------------------------------------------------------------ plan
     def _plan(self, out: SchedulerOutput) -> StepPlan:
-        seqs, dev, ps = out.seqs, self.device, self.page_size
-        vocab = self.target.vocab_size
+        seqs, dev, ps, k = out.seqs, self.device, self.page_size, self.num_drafts
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
-        qstart, ctx = [0], []
+        qlens: list[int] = []
         logit_rows: list[int] = []
-        verify_rows: list[int] = []
+        logits_indices: list[int] = []  # flat tokens whose logits are read, in seq order (= logit_rows)
         verify_logits: list[list[int]] = []
-        first_rows: list[int] = []
-        first_logits: list[int] = []
-        next_known: list[list[int]] = []
         num_new: list[int] = []
         known_anchor: list[int] = []
-        logits_indices: list[int] = []  # flat tokens whose logits are read, in seq order (= logit_rows)
-        # verify blocks are padded to γ (and update rows to γ+1), so every decode step of a batch has one shape
-        width = max(max(s.num_query for s in seqs), self.num_drafts + 1)
-        k = self.num_drafts
+        sampled_rows: list[int] = []
+        base = 0
         for b, seq in enumerate(seqs):
-            st = self.states[seq.req_id]
-            toks = seq.token_ids + ([] if seq.prefill else st.draft_ids[: seq.num_verify])
-            n, base = len(toks), qstart[-1]
+            toks = seq.token_ids if seq.prefill else seq.token_ids + self.states[seq.req_id].draft_ids[: seq.num_verify]
+            n = len(toks)
             ids += toks
             pos += range(seq.start, seq.start + n)
             slots += slots_for(seq.block_table, seq.start, n, ps)
-            ctx.append(seq.start)
-            qstart.append(base + n)
-            anchor, nxt = -1, [-1] * width
-            if seq.prefill:
-                nxt[: n - 1] = toks[1:]
-                if seq.next_token is not None:
-                    nxt[n - 1] = seq.next_token
-                    anchor = seq.next_token if seq.final_chunk else -1
+            qlens.append(n)
+            if seq.prefill:  # verifies nothing: the token it draws is its first (read only when sample_first)
+                row = len(logit_rows) if seq.sample_first else 0
                 if seq.sample_first:
-                    first_rows.append(b)
-                    first_logits.append(len(logit_rows))
                     logit_rows.append(b)
                     logits_indices.append(base + n - 1)
+                    sampled_rows.append(b)
+                verify_logits.append([row] * (k + 1))
                 num_new.append(n)
+                known_anchor.append(seq.next_token if seq.next_token is not None and seq.final_chunk else -1)
             else:
-                verify_rows.append(b)
                 first = len(logit_rows)
                 verify_logits.append([first + min(j, n - 1) for j in range(k + 1)])
                 logit_rows += [b] * n
                 logits_indices += range(base, base + n)
                 num_new.append(0)
-            next_known.append(nxt)
-            known_anchor.append(anchor)
-        max_pages = max(-(-(max(ctx) + width) // ps), max(len(s.block_table) for s in seqs), 1)
+                known_anchor.append(-1)
+                sampled_rows.append(b)
+            base += n
+        if not logit_rows:  # only mid-prompt chunks: one logits row keeps every shape non-empty
+            logit_rows, logits_indices = [0], [0]
+        ctx = [s.start for s in seqs]
+        draft_length = max(c + n for c, n in zip(ctx, qlens))
+        max_pages = max(-(-draft_length // ps), max(len(s.block_table) for s in seqs), 1)
         tables = [s.block_table + [-1] * (max_pages - len(s.block_table)) for s in seqs]
-        update_index = [[min(qstart[b] + w, qstart[b + 1] - 1) for w in range(width)] for b in range(len(seqs))]
+        update_index, next_known = self._update_layout(seqs, qlens)
         draft_rows = [b for b, s in enumerate(seqs) if out.draft and (not s.prefill or s.final_chunk)]
         states = [self.states[s.req_id] for s in seqs]
+        num_verify = [s.num_verify for s in seqs]  # 0 for prefill rows
+        draft_ids = [(st.draft_ids[:n] + [0] * k)[:k] for st, n in zip(states, num_verify)]
         forced = None
         if self.synthetic is not None:
-            forced = [self.synthetic.accepted(seqs[b].req_id, seqs[b].num_verify) for b in verify_rows]
-        draft_ids, num_verify = self._waiting_ids(seqs, verify_rows, k)
+            forced = [0 if s.prefill else self.synthetic.accepted(s.req_id, s.num_verify) for s in seqs]
+        qstart = np.concatenate([[0], np.cumsum(qlens)]).tolist()
         up = _Upload(dev)  # every integer of the plan in ONE host-to-device copy
         fields = dict(ids=up.add(ids), pos=up.add(pos), slots=up.add(slots), qstart=up.add(qstart), ctx=up.add(ctx),
                       tables=up.add(tables, max_pages), logits_indices=up.add(logits_indices),
                       seeds=up.add([st.seed for st in states]), counters=up.add([s.rng_counter for s in seqs]),
-                      logit_rows=up.add(logit_rows), verify_index=up.add(verify_rows),
-                      verify_logits=up.add(verify_logits, k + 1), draft_ids=up.add(draft_ids, k),
-                      num_verify=up.add(num_verify), first_index=up.add(first_rows), first_logits=up.add(first_logits),
-                      update_index=up.add(update_index, width), next_known=up.add(next_known, width),
-                      num_new=up.add(num_new), draft_index=up.add(draft_rows), known_anchor=up.add(known_anchor),
+                      logit_rows=up.add(logit_rows), verify_logits=up.add(verify_logits, k + 1),
+                      draft_ids=up.add(draft_ids, k), num_verify=up.add(num_verify),
+                      update_index=up.add(update_index, update_index.shape[1]),
+                      next_known=up.add(next_known, next_known.shape[1]), num_new=up.add(num_new),
+                      draft_index=up.add(draft_rows), known_anchor=up.add(known_anchor),
                       top_k=up.add([st.params.top_k for st in states]),
                       forced=up.add(forced if forced is not None else []))
         t = up.send()
@@ -183,35 +183,44 @@ class Runner:
         row_params = RowParams(floats[0], f["top_k"], floats[1], max((p.top_k for p in params), default=0),
                                any(p.top_p < 1.0 for p in params), any(p.greedy for p in params))
         batch = FlatBatch(f["ids"], f["pos"], f["slots"], f["qstart"], f["ctx"], f["tables"].int(), f["logits_indices"],
-                          max_query_len=max(s.num_query for s in seqs), max_context_len=max(ctx))
-        return StepPlan(batch, seqs, row_params, f["seeds"], f["counters"], f["logit_rows"], verify_rows,
-                        f["verify_index"], f["verify_logits"], draft_ids=f["draft_ids"],
-                        draft_probs=self._waiting_probs(states, verify_rows, num_verify, k, vocab),
-                        num_verify=f["num_verify"], first_rows=first_rows, first_index=f["first_index"],
-                        first_logits=f["first_logits"], update_index=f["update_index"], next_known=f["next_known"],
-                        num_new_host=f["num_new"], draft_rows=draft_rows, draft_index=f["draft_index"],
-                        known_anchor=f["known_anchor"], num_drafts=self.num_drafts, max_context=max(ctx),
-                        forced_accepted=f["forced"] if forced is not None else None)
+                          max_query_len=max(qlens), max_context_len=max(ctx))
+        return StepPlan(batch, seqs, row_params, f["seeds"], f["counters"], f["logit_rows"], f["verify_logits"],
+                        f["draft_ids"], self._waiting_probs(states, num_verify, k, self.target.vocab_size),
+                        f["num_verify"], f["num_new"], f["update_index"], f["next_known"], f["known_anchor"],
+                        sampled_rows, draft_rows, f["draft_index"], k, max(ctx), draft_length,
+                        f["forced"] if forced is not None else None)
 
-    def _waiting_ids(self, seqs, verify_rows: list[int], k: int) -> tuple[list[list[int]], list[int]]:
-        """The drafts each verify row checks, padded to k, and ℓ per row."""
-        num_verify = [seqs[b].num_verify for b in verify_rows]
-        ids = [(self.states[seqs[b].req_id].draft_ids[:n] + [0] * k)[:k] for b, n in zip(verify_rows, num_verify)]
-        return ids, num_verify
+    def _update_layout(self, seqs, qlens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """[B, W] flat token of slot w of each seq (clamped) and the token after it when known (-1: drawn this step).
 
-    def _waiting_probs(self, states: list[_ReqState], verify_rows: list[int], num_verify: list[int], k: int,
-                       vocab: int) -> torch.Tensor:
-        """Exact distributions of the waiting drafts [Rv, k, V], one stack.
-
-        Slots past a row's ℓ hold whatever its proposal had (or zeros): `rejection_sample` never reads them.
+        Only drafters that are not a `FlatAbsorber` read it (W = max(query, γ+1)); others get W = 0.
         """
-        probs = [states[b].draft_probs if n else None for b, n in zip(verify_rows, num_verify)]
-        if not probs:
-            return torch.zeros(0, k, vocab, device=self.device)
-        if any(p is None for p in probs):
-            empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
-            probs = [empty if p is None else p for p in probs]
-        return torch.stack(probs)[:, :k]
+        b = len(seqs)
+        if not self.per_row_update:
+            return np.zeros((b, 0), dtype=np.int64), np.zeros((b, 0), dtype=np.int64)
+        width = max(max(qlens), self.num_drafts + 1)
+        ends = np.cumsum(qlens)
+        starts = ends - np.asarray(qlens)
+        update_index = np.minimum(starts[:, None] + np.arange(width)[None, :], ends[:, None] - 1)
+        next_known = np.full((b, width), -1, dtype=np.int64)
+        for row, seq in enumerate(seqs):
+            if seq.prefill:
+                n = len(seq.token_ids)
+                next_known[row, : n - 1] = seq.token_ids[1:]
+                if seq.next_token is not None:
+                    next_known[row, n - 1] = seq.next_token
+        return update_index, next_known
+
+    def _waiting_probs(self, states: list[_ReqState], num_verify: list[int], k: int, vocab: int) -> torch.Tensor:
+        """Exact distributions of the waiting drafts [B, k, V], one stack (zeros for rows verifying none).
+
+        Slots past a row's ℓ hold whatever its proposal had: `rejection_sample` never reads them.
+        """
+        probs = [st.draft_probs if n else None for st, n in zip(states, num_verify)]
+        if k == 0 or all(p is None for p in probs):
+            return torch.zeros(len(states), k, vocab, device=self.device)
+        empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
+        return torch.stack([empty if p is None else p for p in probs])[:, :k]
 
     # ------------------------------------------------------------------------------ execute
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
@@ -229,7 +238,7 @@ class Runner:
         return self._read_back(plan, result)
 
     def _read_back(self, plan: StepPlan, result: StepResult) -> RunnerOutput:
-        parts = [result.out_ids.reshape(-1), result.num_accepted, result.first_ids]
+        parts = [result.out_ids.reshape(-1), result.num_accepted]
         prop = result.proposal
         if prop is not None:
             parts.append(prop.draft_ids.reshape(-1))
@@ -237,17 +246,14 @@ class Runner:
                 parts.append(prop.confidence.reshape(-1))
         flat = torch.cat([p.double() for p in parts]).tolist()  # the one host sync of the step
         self.host_syncs += 1
-        rv, k1 = result.out_ids.shape
-        out_ids, flat = flat[: rv * k1], flat[rv * k1:]
-        accepted, flat = [int(x) for x in flat[:rv]], flat[rv:]
-        first, flat = [int(x) for x in flat[: len(plan.first_rows)]], flat[len(plan.first_rows):]
+        rows, k1 = result.out_ids.shape
+        out_ids, flat = flat[: rows * k1], flat[rows * k1:]
+        accepted, flat = [int(x) for x in flat[:rows]], flat[rows:]
         results = {s.req_id: SeqResult(s.req_id, []) for s in plan.seqs}
-        for i, b in enumerate(plan.verify_rows):
+        for b in plan.sampled_rows:
             res = results[plan.seqs[b].req_id]
-            res.num_accepted = accepted[i]
-            res.committed = [int(x) for x in out_ids[i * k1: i * k1 + accepted[i] + 1]]
-        for i, b in enumerate(plan.first_rows):
-            results[plan.seqs[b].req_id].committed = [first[i]]
+            res.num_accepted = accepted[b]  # 0 for a first token
+            res.committed = [int(x) for x in out_ids[b * k1: b * k1 + accepted[b] + 1]]
         if prop is not None:
             g = self.num_drafts
             ids, conf = flat[: len(plan.draft_rows) * g], flat[len(plan.draft_rows) * g:]
@@ -276,12 +282,13 @@ def HFRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  #
 
 
 def ModelRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  # noqa: N802
-                cuda_graphs: bool = True, synthetic: SyntheticAcceptance | None = None, max_num_seqs: int = 64) -> Runner:
+                cuda_graphs: bool = True, synthetic: SyntheticAcceptance | None = None, max_num_seqs: int = 64,
+                max_num_batched_tokens: int = 512) -> Runner:
     """The engine's own dense forward over the paged cache (`dspark.models`).
 
-    On CUDA with ``cuda_graphs`` decode steps replay one CUDA graph each (`GraphedStep`: target, sampling,
-    rejection and the drafter's proposal; verify graphs promise γ+1 query tokens per request) and other
-    steps run eagerly over the graphed target (`GraphedDenseTarget`); ``cuda_graphs=False``
+    On CUDA with ``cuda_graphs`` every step replays one CUDA graph (`GraphedStep`: target, sampling,
+    rejection and the drafter's proposal; verify graphs promise γ+1 query tokens per request, steps with
+    prefill chunks a power-of-two chunk length; the ladder reaches `max_num_batched_tokens`); ``cuda_graphs=False``
     (``--enforce-eager``) or a CPU model runs every step eagerly (`DenseTarget`), with identical results.
     """
     from dspark.engine.dense_target import DenseTarget
@@ -290,10 +297,11 @@ def ModelRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,
     model = target if isinstance(target, DenseLM) else DenseLM.from_hf_model(target.model)
     if cuda_graphs and model.device.type == "cuda":
         from dspark.engine.graphed_step import GraphedStep
-        from dspark.engine.graphed_target import GraphedDenseTarget
+        from dspark.engine.graphed_target import GraphedDenseTarget, ladder_for
 
         gamma = drafter.config.num_drafts if drafter is not None else 0
-        backend = GraphedDenseTarget(model, num_pages, page_size, max_query_len=gamma + 1)
+        backend = GraphedDenseTarget(model, num_pages, page_size, max_query_len=gamma + 1,
+                                     sizes=ladder_for(max(max_num_batched_tokens, max_num_seqs + 1), max_num_seqs))
         runner = Runner(backend, drafter, num_pages, page_size, synthetic)
         runner.step = GraphedStep(backend, drafter, runner.draft_kv, max_num_seqs)
         return runner
