@@ -36,7 +36,7 @@ from dspark.engine.step import StepPlan, StepResult, speculative_step
 from dspark.engine.target import TargetOutput
 from dspark.sampling import RowParams
 
-MAX_UPDATE_POSITIONS = 32768  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber
+MAX_UPDATE_POSITIONS = 131072  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber (eager does the same work)
 
 
 @dataclass(frozen=True)

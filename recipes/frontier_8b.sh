@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 13's run (b) in one device lease of one H200: the serving frontier of a random-weight Qwen3-8B-shape
+# target (bf16) with a 5-layer DSpark drafter and an MTP-1 module of random weights, acceptance drawn from a
+# DSpark-like and an MTP-1-like curve (`--synthetic-acceptance dspark/math`, `mtp/math`): benchmark only,
+# NOT lossless (every output says so). Nothing travels but the working tree (no carry needed).
+#
+# On the device (run tool, kind nvidia-h200), back to back (the machine keeps nothing once cold):
+#   STAGES=tests    bash recipes/frontier_8b.sh   # ~2 min: the engine's -m gpu tests (graphs == eager, kernels)
+#   STAGES=frontier bash recipes/frontier_8b.sh   # <= 9.5 min: the grid below, table + JSON + PNG + simulator
+# Each writes to $OUT (RESULTS elsewhere): gpu_tests.log; frontier8b.log, frontier8b.json, frontier8b.png,
+# sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`).
+#
+# Environment: POLICIES (none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate), CONCURRENCY
+# (1,4,16,64,256), MAX_TOKENS (256), PROMPT_LEN (192: random ids, the random target has no tokenizer),
+# TEMPERATURE (1), SHAPE (qwen3-8b), LAYERS (5), FRONTIER_TIMEOUT (560 s), EXTRA (more bench_frontier flags).
+set -eEuo pipefail
+trap 'echo "[$(date +%T)] FAILED (rc=$?): $BASH_COMMAND" >&2' ERR
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+STAGES=${STAGES:-"tests frontier"}
+RES=${RESULTS:-${OUT:-runs/frontier8b/results}}
+mkdir -p "$RES" runs
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+stamp() { echo "[$(date +%T)] $*"; }
+
+if stage tests; then
+  stamp "gpu tests"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
+  timeout "${TESTS_TIMEOUT:-240}" $PY -m pytest -m gpu -q -x -p no:cacheprovider tests/test_engine_gpu.py \
+    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_kernels_attention.py >> "$RES/gpu_tests.log" 2>&1 \
+    || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+  tail -25 "$RES/gpu_tests.log"
+fi
+
+if stage frontier; then
+  stamp "frontier: random:${SHAPE:-qwen3-8b} + random:${LAYERS:-5}"
+  rm -rf runs/sim8b
+  rc=0
+  timeout "${FRONTIER_TIMEOUT:-560}" $PY scripts/bench_frontier.py --target "random:${SHAPE:-qwen3-8b}" \
+    --drafter "random:${LAYERS:-5}" --mtp-drafter random \
+    --synthetic-acceptance dspark/math --mtp-synthetic-acceptance mtp/math \
+    --policies "${POLICIES:-none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate}" \
+    --concurrency "${CONCURRENCY:-1,4,16,64,256}" --max-tokens "${MAX_TOKENS:-256}" \
+    --prompt-len "${PROMPT_LEN:-192}" --temperature "${TEMPERATURE:-1}" --dtype bfloat16 \
+    --plot "$RES/frontier8b.png" --json-out "$RES/frontier8b.json" --simulate --sim-dir runs/sim8b ${EXTRA:-} \
+    > "$RES/frontier8b.log" 2>&1 || rc=$?
+  [ -d runs/sim8b ] && tar czf "$RES/sim8b.tgz" -C runs sim8b
+  grep -v '^{' "$RES/frontier8b.log" | tail -60
+  stamp "frontier rc=$rc"
+fi
