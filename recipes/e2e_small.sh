@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Issue 11's end-to-end number in ONE device lease of one H200: rebuild the `small` reference target by its
-# recipe (reduced budget), train its DSpark drafter (γ = 7, Markov head, confidence head, STS calibration),
-# then time plain against speculative decoding one request at a time, T = 0 and T = 1, beside the ideal
-# from the same run's profile (scripts/bench_e2e.py), plus the profiled SPS table's PNG.
+# The `small` reference target and its REAL trained drafters in ONE device lease of one H200: rebuild the
+# target by its recipe (reduced budget), train its DSpark drafter (γ = 7, Markov head, confidence head, STS
+# calibration) and an MTP-1 drafter on the same regenerated continuations, then
+#   frontier: issue 13 (a), scripts/bench_frontier.py: every default policy (none, mtp1, fixed:3/5/7, dspark,
+#             dspark-async, each but mtp1 also +gate) × C = 1, 2, 4, …, 256 closed-loop clients, T = 1, 256
+#             tokens a request, the simulator beside every point (--simulate); table, JSON, PNG;
+#   bench:    issue 11 (not in the default STAGES), scripts/bench_e2e.py: plain against speculative decoding one
+#             request at a time, T = 0 and 1, beside the ideal from the same run's profile, and the SPS PNG.
 #
 # 1. Here, on the CPU machine, once (7 min on 2 cores with the corpus build, 27.5 MB; ../shared NOT needed):
 #      STAGES=prep bash recipes/e2e_small.sh
@@ -15,33 +19,65 @@
 #                 FULL corpus (64-token windows: drafter training prompts, calibration, timing prompts).
 #    The tokenizer is the embedded tiny target's (src/dspark/assets/tiny-target: the tokenizer of every
 #    reference target), so nothing else travels. The working tree + .carry/e2e must stay under 64 MiB.
-# 2. On the device (run tool, kind nvidia-h200, carry [".carry/e2e"]), three commands BACK TO BACK: the
-#    machine keeps runs/ only while warm (30 s after a call), so send each as soon as the last returns:
-#      STAGES=target  bash recipes/e2e_small.sh    # ~6 min: pretrain small, TIME_BUDGET=300 s (timeout_s 600)
-#      STAGES=drafter bash recipes/e2e_small.sh    # ~5-7 min: regenerate 21,682 continuations (~125 s), train
-#                                                   #   DSpark (~1,000 steps), lean bf16 copy, STS calibration
-#      STAGES=bench   bash recipes/e2e_small.sh    # ~2-3 min: bench_e2e (T = 0, 1) + SPS table + PNG
-#    Each writes what comes back to $OUT (the run tool's folder; RESULTS= elsewhere), at most 8 files:
-#    target.log + target_training_summary.json; drafter.log, dspark-train.log, continuations.meta.json,
-#    calibration.json; bench.log, bench_e2e.json, sps.json, sps.png. If the machine went cold between
-#    calls, start again from STAGES=target (nothing of a cold machine survives).
-#    Two calls also fit: STAGES="target regen" (~8 min), then STAGES="drafter bench" (~7 min).
+#    Before the lease, rehearse the device flow here (the engine changes under it): the SMOKE line below.
+# 2. On the device (run tool, kind nvidia-h200, carry [".carry/e2e"], timeout_s 600), three commands BACK
+#    TO BACK: the machine keeps runs/ only while warm (30 s after a call), so send each as soon as the last
+#    returns; the lease is 30 min of device time with the ~3.5 min start:
+#      STAGES="target regen" bash recipes/e2e_small.sh         # ~8 min: pretrain small, TIME_BUDGET=300 s
+#                                                              #   (338 s on 2026-12-02), regenerate 21,682
+#                                                              #   continuations (~125 s)
+#      STAGES="drafter mtp frontier" bash recipes/e2e_small.sh # 9.5 min (CALL_LIMIT=570): DSpark and MTP-1
+#                                                              #   side by side on the GPU (~1,005 steps each,
+#                                                              #   ~4 min together, estimated: DSpark alone took
+#                                                              #   167 s), STS calibration (~40 s), then the
+#                                                              #   frontier for the rest of the call (~4 min)
+#      CALL_LIMIT=S STAGES=frontier bash recipes/e2e_small.sh  # the policies still missing; S = status's
+#                                                              #   budget_left_s - 90, at most 570 (~7-8 min)
+#    ≈ 3.5 + 8 + 9.5 + 7.5 = 28.5 min. Each writes what comes back to $OUT (the run tool's folder; RESULTS=
+#    elsewhere), at most 8 files: target.log, target_training_summary.json, regen.log, continuations.meta.json;
+#    drafter.log and mtp.log (each with its training log), calibration.json, frontier.log (per-point lines,
+#    the joined table, SLA summary and simulator table), frontier.json (bench_frontier's layout, all parts
+#    joined; "missing_policies"), frontier.png, frontier-sim.tar.gz (--sim-dir: each policy's SPS table,
+#    step-cost terms and round trace, for `dspark simulate --cost`). If policies are still missing and the
+#    machine is warm with > 5 min left, one more CALL_LIMIT=S STAGES=frontier. If it went cold between calls,
+#    nothing survived: start again from the first call.
 # Each stage is skipped when its output exists (in RUNS, default runs/e2e-small), so a rerun resumes; a
-# training killed half-way is started again from scratch.
+# training killed half-way is started again from scratch; the frontier resumes by policy (RUNS/frontier/
+# part-K.json, rewritten by bench_frontier after each policy; recipes/_frontier.py runs the missing ones, most
+# telling first, and joins the parts), and it stops CALL_LIMIT s after the recipe started (the policy in
+# flight is lost, the finished ones are kept and joined).
+#
+# Frontier budget (estimated from docs/benchmarks/serving.md's first GPU grid: C <= 64, 128 tokens): a point
+# runs ~(W + N)/C + 1 request lifetimes of 256/τ steps (W warm-up, N measured requests); a drafted step costs
+# ~2.7 ms at C = 1, 8 ms at 16, 20 ms at 64 (eager prefill steps included), ~35-50 ms at 256 (extrapolated), a
+# plain one 1.6 / 2.1 / 3.8 ms. bench_frontier's defaults (W = max(2C, 16), N = max(8, 2C)) would take ~95 s a
+# drafted policy, ~19 min for the 12: not in a lease. So FRONTIER_WARMUP=1,4 (W = max(C, 4): a full lifetime
+# of warm-up at C >= 4, most batch shapes' graphs captured before the window) and FRONTIER_REQUESTS=8 (N = 8:
+# the window is the 8 measured requests' lifetime at full load; throughput counts every client's tokens in it,
+# per-user / TPOT / TTFT are over those 8): ~48 s a drafted policy, ~25 s for none, ~9.5 min for the grid plus
+# ~1.5-2 min of engine builds, SPS profiles and the simulator's cost measurements (its re-profiles at C = 128,
+# 256, per policy); calls 2 and 3 give it ~11.5 min, so the last policy or two may be left for a fourth call.
+# Graph captures per point: the JSON's points[].extra (graphs, eager_steps). FRONTIER_WARMUP=2,16
+# FRONTIER_REQUESTS= gives bench_frontier's defaults back.
 #
 # Environment: TIME_BUDGET (pretraining s, 300), TRIM (0.35), REGEN_PROMPTS (all 21,682: training prompts
-# regenerated), NEW_TOKENS (192), EXTRA_SET (more `dspark train --set k=v`, e.g. "--set max_steps=600"),
-# CALIBRATE (1), CAL_PROMPTS (200), NUM_PROMPTS (40, timed per temperature), MAX_NEW_TOKENS (256),
-# TEMPS (0,1), POLICY (fixed:7), BENCH_ARGS (more bench_e2e flags), DEVICE (auto), CARRY (.carry/e2e),
-# RUNS, RESULTS. SMOKE=1: tiny budgets everywhere, for a CPU rehearsal of the whole flow (minutes):
-#   SMOKE=1 RUNS=/tmp/e2e-smoke RESULTS=/tmp/e2e-smoke/out STAGES="target drafter bench" bash recipes/e2e_small.sh
-# (5.5 min on the 2-core CPU machine: 81 s target, 70 s drafter, 256 s bench; the numbers mean nothing there).
+# regenerated), NEW_TOKENS (192), EXTRA_SET (more `dspark train --set k=v` for both drafters, e.g. "--set
+# max_steps=600"), PARALLEL (trainings at once: both), CALIBRATE (1), CAL_PROMPTS (200), NUM_PROMPTS (40,
+# timed per temperature), MAX_NEW_TOKENS (256), TEMPS (0,1), POLICY (fixed:7), BENCH_ARGS (more bench_e2e
+# flags), FRONTIER_POLICIES (the 12 above, most telling first), FRONTIER_CONC (1,...,256), FRONTIER_TOKENS
+# (256), FRONTIER_REQUESTS (8), FRONTIER_WARMUP (1,4), FRONTIER_SIMULATE (1), FRONTIER_ARGS (more
+# bench_frontier flags), CALL_LIMIT (s from the recipe's start; 570 when $OUT is set, i.e. on the device, else
+# 0: none), DEVICE (auto), CARRY (.carry/e2e), RUNS, RESULTS. SMOKE=1: tiny budgets everywhere, for a CPU
+# rehearsal of the whole flow (frontier: none, mtp1, dspark-async+gate, fixed:3 at C = 1, 2, 8 tokens):
+#   SMOKE=1 RUNS=/tmp/e2e-smoke RESULTS=/tmp/e2e-smoke/out STAGES="target drafter mtp frontier" bash recipes/e2e_small.sh
+# (3.3 min on the 2-core CPU machine, 2026-12-02: 62 s target, 71 s drafter with MTP-1 beside it, 63 s
+# frontier; bench: ~4 min more with STAGES="... bench"; the numbers mean nothing there).
 set -eEuo pipefail
 trap 'echo "[$(date +%T)] FAILED (rc=$?): $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-"target drafter bench"}
+STAGES=${STAGES:-"target drafter mtp frontier"}
 CARRY=${CARRY:-.carry/e2e}; R=${RUNS:-runs/e2e-small}; RES=${RESULTS:-${OUT:-$R/results}}
 TOKENIZER=${TOKENIZER:-src/dspark/assets/tiny-target}; TARGET=$R/small-target; DR=$R/drafter; DEVICE=${DEVICE:-auto}
 if [ -n "${SMOKE:-}" ]; then  # CPU rehearsal: every stage with tiny budgets
@@ -49,11 +85,19 @@ if [ -n "${SMOKE:-}" ]; then  # CPU rehearsal: every stage with tiny budgets
   : "${REGEN_PROMPTS:=8}" "${NEW_TOKENS:=16}" "${REGEN_BATCH:=8}" "${CAL_PROMPTS:=4}" "${CAL_TOKENS:=8}"
   : "${EXTRA_SET:=--set max_steps=2 --set global_batch=4 --set micro_batch=4 --set eval_every=1000 --set max_eval_samples=2 --set tensorboard=false}"
   : "${NUM_PROMPTS:=2}" "${MAX_NEW_TOKENS:=8}" "${BENCH_ARGS:=--repeats 1 --warmup 0 --sps-requests 1,2}"
+  : "${FRONTIER_POLICIES:=none,mtp1,dspark-async+gate,fixed:3}" "${FRONTIER_CONC:=1,2}" "${FRONTIER_TOKENS:=8}"
+  : "${FRONTIER_REQUESTS:=2}" "${FRONTIER_WARMUP:=1,1}" "${CALL_LIMIT:=0}"
   export PRETRAIN_ARGS
 else
   : "${TIME_BUDGET:=300}"
   export TIME_BUDGET
 fi
+# issue 13 (a): bench_frontier's default policies for a DSpark drafter with a confidence head beside an MTP-1 one
+# (MTP-1 has no confidence head, so no mtp1+gate), most telling first: a cut run keeps those
+: "${FRONTIER_POLICIES:=none,mtp1,dspark-async+gate,dspark+gate,fixed:7,dspark-async,dspark,fixed:3,fixed:7+gate,fixed:3+gate,fixed:5,fixed:5+gate}"
+: "${FRONTIER_CONC:=1,2,4,8,16,32,64,128,256}" "${FRONTIER_TOKENS:=256}" "${FRONTIER_REQUESTS=8}" "${FRONTIER_WARMUP:=1,4}"
+CALL_LIMIT=${CALL_LIMIT:-$([ -n "${OUT:-}" ] && echo 570 || echo 0)}  # s; on the device ($OUT set): the 10-minute call
+T0=$(date +%s)
 mkdir -p "$R" "$RES"
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*"; }
@@ -119,14 +163,26 @@ regen() {  # the target's own continuations of the training windows (recipes/ref
   cp "$DR/continuations.jsonl.meta.json" "$RES/continuations.meta.json"
 }
 
-drafter() {  # DSpark (configs/reference/small-dspark.toml: γ 7, Markov rank 64, confidence head), lean bf16, STS
+train() {  # METHOD...: those without a lean bf16 copy yet, side by side (configs/reference/small-METHOD.toml)
+  local todo=() m
+  for m in "$@"; do [ -f "$DR/$m/lean-bf16/config.json" ] || todo+=("$m"); done
+  [ ${#todo[@]} -gt 0 ] || return 0
+  for m in "${todo[@]}"; do rm -rf "$DR/$m"; done  # a training cut off by the time limit restarts from scratch
+  PROMPTS=unused PRESET=small TARGET=$TARGET OUT=$DR METHODS="${todo[*]}" DATA=$DR/continuations.jsonl SKIP_BENCH=1 \
+      PARALLEL=${PARALLEL:-${#todo[@]}} EXTRA_SET="${EXTRA_SET:-}" bash recipes/reference_drafters.sh
+}
+
+trainlog() {  # METHOD: its training log without the progress bar's redraws (the last one kept)
+  echo "--- $DR/$1.log"
+  tr '\r' '\n' < "$DR/$1.log" | grep -v -e '^train [a-z0-9-]*: ' -e '^$' || true
+  tr '\r' '\n' < "$DR/$1.log" | grep '^train [a-z0-9-]*: ' | tail -n 1 || true
+}
+
+drafter() {  # DSpark (configs/reference/small-dspark.toml: γ 7, Markov rank 64, confidence head), lean bf16, STS;
+             # with the mtp stage in STAGES, MTP-1 is trained beside it on the same GPU
   [ -f "$DR/continuations.jsonl" ] || regen
-  if [ ! -f "$DR/dspark/lean-bf16/config.json" ]; then
-    rm -rf "$DR/dspark"  # a training cut off by the time limit restarts from scratch
-    PROMPTS=unused PRESET=small TARGET=$TARGET OUT=$DR METHODS=dspark DATA=$DR/continuations.jsonl SKIP_BENCH=1 \
-        EXTRA_SET="${EXTRA_SET:-}" bash recipes/reference_drafters.sh
-  fi
-  cp "$DR/dspark.log" "$RES/dspark-train.log"
+  if stage mtp; then train dspark mtp; else train dspark; fi
+  trainlog dspark
   if [ "${CALIBRATE:-1}" = 1 ] && [ ! -f "$DR/dspark-cal/config.json" ]; then
     unpack prompts_heldout
     $PY -m dspark calibrate --target "$TARGET" --draft "$DR/dspark/lean-bf16" --data "$R/ref/prompts_heldout.jsonl" \
@@ -135,6 +191,13 @@ drafter() {  # DSpark (configs/reference/small-dspark.toml: γ 7, Markov rank 64
   fi
   [ -f "$DR/dspark-cal/calibration.json" ] && cp "$DR/dspark-cal/calibration.json" "$RES/calibration.json"
   return 0
+}
+
+mtp() {  # MTP-1 (configs/reference/small-mtp.toml: one layer, one slot, no confidence head: nothing to calibrate),
+         # on the DSpark drafter's continuations, same steps; lean bf16
+  [ -f "$DR/continuations.jsonl" ] || regen
+  train mtp
+  trainlog mtp
 }
 
 bench() {  # one request at a time, plain vs speculative, T = 0 and 1, ideal from the profile; SPS plot
@@ -148,7 +211,35 @@ bench() {  # one request at a time, plain vs speculative, T = 0 and 1, ideal fro
       ${POLICY:+--policy "$POLICY"} --sps-plot "$RES/sps.png" --out "$RES" "${more[@]}"
 }
 
-for s in prep target regen drafter bench; do
+frontier() {  # issue 13 (a): bench_frontier, every policy x C on the real drafters, T = 1; resumable by policy
+  need "$DR/dspark/lean-bf16/config.json" "run STAGES=drafter first (in this warm machine)"
+  local draft=$DR/dspark-cal F=$R/frontier rc=0 left=0 run=() more=() extra=()
+  [ -f "$draft/config.json" ] || draft=$DR/dspark/lean-bf16
+  [[ ",$FRONTIER_POLICIES," != *,mtp1,* ]] || need "$DR/mtp/lean-bf16/config.json" "run STAGES=mtp first (in this warm machine)"
+  if [ -f "$DR/mtp/lean-bf16/config.json" ]; then more=(--mtp-drafter "$DR/mtp/lean-bf16"); fi
+  if [ "${FRONTIER_SIMULATE:-1}" = 1 ]; then more+=(--simulate --sim-dir "$F/sim"); fi
+  unpack prompts_test1000
+  if [ "$CALL_LIMIT" -gt 0 ]; then  # what is left of this call, less the merge's half minute
+    left=$(( CALL_LIMIT - ($(date +%s) - T0) - 30 ))
+    run=(timeout -k 15 "$left")
+  fi
+  read -ra extra <<<"${FRONTIER_ARGS:-}"
+  if [ "$CALL_LIMIT" -gt 0 ] && [ "$left" -lt 60 ]; then
+    echo "frontier: only $left s left in this call (CALL_LIMIT=$CALL_LIMIT): run STAGES=frontier in the next one"
+  else
+    PYTHONUNBUFFERED=1 "${run[@]}" $PY recipes/_frontier.py run --parts "$F" --policies "$FRONTIER_POLICIES" \
+        --warmup "$FRONTIER_WARMUP" -- --target "$TARGET" --drafter "$draft" --device "$DEVICE" \
+        --prompts "$R/ref/prompts_test1000.jsonl" --concurrency "$FRONTIER_CONC" --max-tokens "$FRONTIER_TOKENS" \
+        --temperature 1 ${FRONTIER_REQUESTS:+--num-requests "$FRONTIER_REQUESTS"} "${more[@]}" "${extra[@]}" || rc=$?
+  fi
+  case $rc in 124|137) echo "frontier: cut at this call's limit ($left s); STAGES=frontier measures the rest";; esac
+  $PY recipes/_frontier.py merge --parts "$F" --policies "$FRONTIER_POLICIES" --json "$RES/frontier.json" \
+      --plot "$RES/frontier.png"
+  if [ -d "$F/sim" ]; then tar -czf "$RES/frontier-sim.tar.gz" -C "$F" sim; fi
+  case $rc in 0|124|137) return 0;; *) return "$rc";; esac
+}
+
+for s in prep target regen drafter mtp bench frontier; do
   if stage "$s"; then
     t0=$(date +%s)
     stamp "stage $s" | tee "$RES/$s.log"
