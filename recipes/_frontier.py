@@ -109,7 +109,7 @@ def merge(args: argparse.Namespace) -> int:
         rows.sort(key=lambda r: (order.get(r["policy"], len(order)), r["concurrency"]))
         result["simulation"] = {"note": sims[0]["note"], "points": rows, "max_abs_error": max_errors(rows),
                                 "engines": {k: v for sim in sims for k, v in sim["engines"].items()}}
-    printer = bf.Printer(False)
+    printer = bf.Printer(not result.get("lossless", True))  # synthetic acceptance: every line says so
     config = first["config"]
     title = (f"frontier: {config['target']} + {config['drafter']} (mtp1: {config['mtp_drafter']}) on "
              f"{result.get('device')} ({result.get('dtype')}), {config['max_tokens']} tokens/request, T = "
@@ -123,7 +123,8 @@ def merge(args: argparse.Namespace) -> int:
         from dspark.sim.plots import plot_frontier
 
         plot_frontier(points, args.plot, f"{Path(config['target']).name}, {config['max_tokens']} tok/req, "
-                      f"T={config['temperature']}", [row["per_user_target"] for row in result["sla"]], kind="MEASURED")
+                      f"T={config['temperature']}", [row["per_user_target"] for row in result["sla"]],
+                      kind="MEASURED" if result.get("lossless", True) else f"MEASURED, {result.get('note', 'NOT lossless')}")
     Path(args.json).write_text(json.dumps(result, default=float) + "\n")
     missing = result["missing_policies"]
     print(f"frontier: {len(wanted) - len(missing)} of {len(wanted)} policies measured"

@@ -227,9 +227,9 @@ def test_bench_frontier_simulate_end_to_end(capsys, tmp_path, monkeypatch):
         SPSTable.load(sim_dir / f"{stem}.sps.json")
         assert json.loads((sim_dir / f"{stem}.cost.json").read_text())["cost"]["ladder"] is None  # CPU: eager
     assert TraceAcceptance.load(sim_dir / "fixed-3.trace.jsonl").gamma == 7
-    # the planner's table stops at 1 request (max_num_seqs 2): the step prices were re-profiled at 1 and 2
-    assert engines["fixed:3"]["cost_table"]["request_cost"]["requests"] == [1, 2]
-    assert SPSTable.load(sim_dir / "fixed-3.cost.sps.json").to_dict() == engines["fixed:3"]["cost_table"]
+    # the start-up table is profiled up to max_num_seqs (2): it covers every concurrency, nothing re-profiled
+    assert engines["fixed:3"]["table"]["request_cost"]["requests"] == [1, 2] and "cost_table" not in engines["fixed:3"]
+    assert not (sim_dir / "fixed-3.cost.sps.json").exists()
 
 
 def test_engine_measurements_leave_the_engine_idle(tmp_path, monkeypatch):

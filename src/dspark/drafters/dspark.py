@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from dspark.drafters.base import (BlockScores, ContextKV, ContextUpdate, Proposal, SlotWriter, calibrated_confidence,
                                   copy_frozen_from_target)
@@ -154,12 +155,15 @@ class DSparkDrafter(nn.Module):
     @torch.no_grad()
     def draft(self, state: DSparkState, carry: None, anchor_ids: torch.Tensor, sampler: Sampler) -> Proposal:
         """Draft one block after each row's cached context (`carry` is unused: the context K/V is all it needs)."""
-        hidden = self.block_hidden(state, anchor_ids)
-        base = self.lm_head(hidden)  # [R, γ, V]
+        with record_function("draft.backbone"):
+            hidden = self.block_hidden(state, anchor_ids)
+        with record_function("draft.lm_head"):
+            base = self.lm_head(hidden)  # [R, γ, V]
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
             probs = sampler.probs(base)
             return Proposal(sampler.draw(probs), probs)
-        return self._sample_sequential(base, hidden, anchor_ids, sampler)
+        with record_function("draft.sequential"):
+            return self._sample_sequential(base, hidden, anchor_ids, sampler)
 
     def _sample_sequential(self, base: torch.Tensor, hidden: torch.Tensor, anchor_ids: torch.Tensor,
                            sampler: Sampler) -> Proposal:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class LLM:
                                    self.max_model_len)
         self._ids = itertools.count()
         self._reported: dict[str, int] = {}
+        self._last_step: tuple[int, int, bool, float] | None = None  # (seqs, tokens, drafted, start) of the last step
         self.planner = self._make_planner(given or cfg.policy, sps)  # may profile the engine (needs the scheduler)
         self.scheduler.planner = self.planner
 
@@ -240,9 +242,14 @@ class LLM:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        now = time.perf_counter()
+        planner, last = self.scheduler.planner, self._last_step
+        if last is not None and isinstance(planner, VerifyPlanner):  # what the previous step really cost
+            planner.observe_step(last[0], last[1], last[2], now - last[3])
         out = self.scheduler.schedule()
         result = self.runner.execute(out)
         touched = self.scheduler.update(out, result)
+        self._last_step = (len(out.seqs), out.num_tokens, out.draft, now) if out.seqs else None
         return [self._output(req) for req in touched]
 
     def _output(self, req: Request) -> RequestOutput:

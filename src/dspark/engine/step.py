@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function
 
 from dspark.counter_rng import counter_uniforms
 from dspark.drafters.base import ContextUpdate, Drafter, FlatAbsorber, Proposal
@@ -102,23 +103,26 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     """Run one step (see the module docstring); returns device tensors, read by the runner once."""
     batch = plan.batch
     layer_ids = drafter.config.target_layer_ids if drafter is not None else None
-    out = target.forward(batch, plan.seqs, layer_ids)  # 1. verify (and prefill)
-    target_probs = processed_probs_rows(out.logits, plan.params.select(plan.logit_rows))
-    g = plan.num_drafts  # every draw of the step at once: γ+1 to verify, then γ to draft
-    uniforms = counter_uniforms(plan.seeds, plan.counters, 2 * g + 1 if drafter is not None else g + 1)  # [B, ·]
-    out_ids, num_accepted = _verify(plan, target_probs, uniforms)  # 2. commit
+    with record_function("step.target"):
+        out = target.forward(batch, plan.seqs, layer_ids)  # 1. verify (and prefill)
+    with record_function("step.verify"):
+        target_probs = processed_probs_rows(out.logits, plan.params.select(plan.logit_rows))
+        g = plan.num_drafts  # every draw of the step at once: γ+1 to verify, then γ to draft
+        uniforms = counter_uniforms(plan.seeds, plan.counters, 2 * g + 1 if drafter is not None else g + 1)  # [B, ·]
+        out_ids, num_accepted = _verify(plan, target_probs, uniforms)  # 2. commit
     if drafter is None or draft_kv is None:
         return StepResult(out_ids, num_accepted, None)
 
     num_new = torch.where(plan.num_new_host > 0, plan.num_new_host, num_accepted + 1)  # 3. absorb
     lengths = batch.context_lens
     carry = None
-    if isinstance(drafter, FlatAbsorber):
-        drafter.absorb_flat(draft_kv, out.features, batch.positions, batch.slot_mapping)
-    else:
-        update = _context_update(plan, out.features, out.last_hidden, out_ids, num_new)
-        state = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables, lengths, plan.max_context))
-        carry = drafter.absorb(state, update)
+    with record_function("step.absorb"):
+        if isinstance(drafter, FlatAbsorber):
+            drafter.absorb_flat(draft_kv, out.features, batch.positions, batch.slot_mapping)
+        else:
+            update = _context_update(plan, out.features, out.last_hidden, out_ids, num_new)
+            state = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables, lengths, plan.max_context))
+            carry = drafter.absorb(state, update)
     if not plan.draft_rows:
         return StepResult(out_ids, num_accepted, None)
 
@@ -128,5 +132,6 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + num_new)[rows],
                                            plan.draft_length))
     sampler = RowSampler(plan.params.select(rows), plan.seeds[rows], plan.counters[rows] + g + 1, uniforms[rows, g + 1:])
-    proposal = drafter.draft(sub, None if carry is None else carry[rows], anchors[rows], sampler)
+    with record_function("step.propose"):
+        proposal = drafter.draft(sub, None if carry is None else carry[rows], anchors[rows], sampler)
     return StepResult(out_ids, num_accepted, proposal)

@@ -88,8 +88,8 @@ class DraftGate:
         self.sps, self.policy = sps, str(Policy(base.kind, base.param))
         self.probe_every, self.max_probe_every = probe_every, max(max_probe_every, probe_every)
         self.interval = probe_every  # skipped rounds before the next probe
-        # the last drafted rounds: (survival [R', γ], {R: Θ_draft}) — Θ is computed once per request count
-        self.recent: deque[tuple[np.ndarray, dict[int, float]]] = deque(maxlen=window)
+        # the last drafted rounds: (survival [R', γ], {(R, live version): Θ_draft}) — once per request count
+        self.recent: deque[tuple[np.ndarray, dict[tuple[int, int | None], float]]] = deque(maxlen=window)
         self.skipped = 0  # consecutive rounds the gate has kept closed
         self.rounds_skipped = 0  # total, for reporting
 
@@ -102,10 +102,11 @@ class DraftGate:
     def expected_gain(self, num_requests: int) -> float:
         """Mean over the recent drafted rounds of Θ_draft / Θ_plain at `num_requests` requests (> 1 pays)."""
         thetas = []
+        key = (num_requests, None if self.sps.live is None else self.sps.live.version)  # the live overhead moves
         for arr, cache in self.recent:
-            if num_requests not in cache:
-                cache[num_requests] = drafted_throughput(arr, self.sps, num_requests, self.policy)
-            thetas.append(cache[num_requests])
+            if key not in cache:
+                cache[key] = drafted_throughput(arr, self.sps, num_requests, self.policy)
+            thetas.append(cache[key])
         return float(np.mean(thetas)) / plain_throughput(self.sps, num_requests)
 
     def decide(self, num_requests: int) -> bool:

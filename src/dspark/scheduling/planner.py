@@ -7,7 +7,9 @@ Where it sits: the engine's CPU scheduler (and `dspark.sim.engine`) asks it, eac
    named policy. It forms nothing itself: survival a = cumprod(c) comes in [R, γ] (numpy).
 The bookkeeping both callers used to keep separately lives here once: the survival of the last two
 planned steps (``dspark-async`` ranks with the current values and takes its capacity from the values of
-two steps back) and the gate's history of drafted steps. Pure numpy: no torch in the scheduler.
+two steps back) and the gate's history of drafted steps. Policies that read the table also learn, from
+`observe_step` (the engine's measured step times), what each step costs beyond the table's prediction
+(`dspark.scheduling.live_overhead`), and plan with it. Pure numpy: no torch in the scheduler.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from dspark.errors import ConfigError
 from dspark.scheduling.gate import DraftGate
+from dspark.scheduling.live_overhead import LiveOverhead
 from dspark.scheduling.policy import parse_policy, plan_verify_lengths
 from dspark.scheduling.sps_table import SPSTable
 
@@ -49,7 +52,10 @@ class VerifyPlanner:
         if (parsed.kind in NEEDS_SPS or parsed.gate) and sps is None:
             raise ConfigError(f"policy {policy!r} needs an SPS table (profile one with `dspark profile`, or pass --sps FILE)")
         self.policy, self.parsed = policy, parsed
-        self.sps = sps if sps is not None else SPSTable([1, 2], [1.0, 1.0])
+        self.base_sps = sps if sps is not None else SPSTable([1, 2], [1.0, 1.0])
+        reads_table = parsed.kind in NEEDS_SPS or parsed.gate
+        self.live = LiveOverhead() if reads_table else None  # fed by observe_step (the engine)
+        self.sps = self.base_sps.with_live(self.live) if self.live is not None else self.base_sps
         self.drafting = not (parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0))
         self.needs_confidence = parsed.kind in NEEDS_CONFIDENCE or parsed.gate
         self.history: deque[np.ndarray] = deque(maxlen=2)  # survival of the last two planned steps
@@ -57,6 +63,21 @@ class VerifyPlanner:
         self.rounds_planned = 0
         self.tokens_planned = 0  # Σ ℓ over planned rows (mean verify length = tokens / rows)
         self.rows_planned = 0
+
+    def observe_step(self, num_requests: int, num_tokens: int, drafted: bool, seconds: float) -> None:
+        """A step's measured wall time (start to the next start); its excess over the table feeds `live`.
+
+        Gaps far beyond the prediction (an idle engine waiting for requests) are not overhead: skipped.
+        """
+        if self.live is None or num_requests < 1 or num_tokens < 1:
+            return
+        base = self.base_sps
+        predicted = float(base.step_time(num_tokens)) + float(base.request_time(num_requests))
+        if drafted:
+            predicted += float(base.draft_time(num_requests))
+        residual = seconds - predicted
+        if residual <= 2.0 * predicted + 0.01:
+            self.live.observe(num_requests, residual)
 
     def should_draft(self, num_requests: int) -> bool:
         if not self.drafting or num_requests < 1:

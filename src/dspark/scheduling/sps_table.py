@@ -39,6 +39,7 @@ JSON format (``save`` / ``load``)::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from dspark.errors import ConfigError
+from dspark.scheduling.live_overhead import LiveOverhead
 
 FORMAT = "dspark-sps"
 VERSION = 1
@@ -144,6 +146,13 @@ class SPSTable:
         self._draft = None if draft_cost is None else _RequestCurve(draft_cost, "draft cost")
         self._request = None if request_cost is None else _RequestCurve(request_cost, "request cost")
         self._dense = np.empty(0)  # step time at every integer token count, grown on demand
+        self.live: LiveOverhead | None = None  # measured per-round time the profile missed (`with_live`)
+
+    def with_live(self, live: LiveOverhead) -> SPSTable:
+        """The same table (curves shared) whose request cost also counts `live`'s measured per-round time."""
+        out = copy.copy(self)
+        out.live = live
+        return out
 
     # ------------------------------------------------------------------ lookups
     @property
@@ -169,8 +178,14 @@ class SPSTable:
         return 1.0 / self.step_time(batch_tokens)
 
     def request_time(self, num_requests: float | np.ndarray) -> float | np.ndarray:
-        """Seconds per round that scale with requests, not tokens (0 when no request cost is set)."""
-        return self._curve_time(self._request, num_requests)
+        """Seconds per round that scale with requests, not tokens (0 when no request cost is set), plus the
+        live overhead when one is attached."""
+        out = self._curve_time(self._request, num_requests)
+        if self.live is None:
+            return out
+        if isinstance(out, float):
+            return out + self.live.at(int(num_requests))
+        return out + np.vectorize(lambda r: self.live.at(int(r)), otypes=[float])(num_requests)
 
     def draft_time(self, num_requests: float | np.ndarray) -> float | np.ndarray:
         """Seconds of drafting per round for `num_requests` requests (0 when no draft cost is set)."""
@@ -188,7 +203,7 @@ class SPSTable:
 
     def per_request_overhead(self, num_requests: int) -> float:
         """`request_time(R) + draft_time(R)` for an integer R, from a cache (the scheduler's hot path)."""
-        out = 0.0
+        out = 0.0 if self.live is None else self.live.at(num_requests)
         if self._request is not None:
             out += self._request.at(num_requests)
         if self._draft is not None:
