@@ -45,6 +45,21 @@ def build(args: argparse.Namespace):
     return target, drafter
 
 
+def _kernel_us(event) -> float:
+    """GPU time of every kernel launched under a CPU event (its own and its descendants')."""
+    own = sum(k.duration for k in getattr(event, "kernels", []) or [])
+    return own + sum(_kernel_us(child) for child in event.cpu_children)
+
+
+def phase_times(events, steps: int) -> dict[str, float]:
+    """ms of kernels per step under each `record_function` phase label."""
+    out: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.name in PHASES:
+            out[e.name] += _kernel_us(e) / steps / 1e3
+    return dict(out)
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -68,7 +83,7 @@ def profile_batch(target, drafter, batch: int, steps: int, prompt_len: int, pres
             llm.step()
         _sync()
     events = prof.key_averages()
-    phases = {e.key: e.device_time_total / steps / 1e3 for e in events if e.key in PHASES}  # ms per step
+    phases = phase_times(prof.events(), steps)
     kernels = defaultdict(float)
     for e in events:
         if e.device_type == torch.autograd.DeviceType.CUDA and e.key not in PHASES:

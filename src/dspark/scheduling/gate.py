@@ -21,7 +21,9 @@ round's confidences (with one request, one round is one row). The decision never
 distribution whichever way it goes (lossless). While the gate is closed no new survival arrives, so
 after `probe_every` skipped rounds it drafts once anyway to refresh it; each probe that finds drafting
 still not paying doubles that interval (up to `max_probe_every`), and opening resets it, so a gate that
-stays closed under steady heavy load costs few probes. With no history yet it drafts.
+stays closed under steady heavy load costs few probes. With no history yet it drafts. One computed
+gain serves `recheck_every` rounds at the same request count and live overhead (a probe of a closed
+gate is judged at once): planning runs on the host between GPU steps, so its time is the engine's.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dspark.scheduling.sps_table import SPSTable
 DEFAULT_PROBE_EVERY = 8
 DEFAULT_MAX_PROBE_EVERY = 64
 DEFAULT_WINDOW = 8
+DEFAULT_RECHECK_EVERY = 4  # rounds one computed gain serves at the same request count (host time per round)
 
 
 def plain_throughput(sps: SPSTable, num_requests: int) -> float:
@@ -80,8 +83,10 @@ class DraftGate:
     """
 
     def __init__(self, sps: SPSTable, policy: str = "dspark-async", probe_every: int = DEFAULT_PROBE_EVERY,
-                 window: int = DEFAULT_WINDOW, max_probe_every: int = DEFAULT_MAX_PROBE_EVERY) -> None:
-        for name, value in (("probe_every", probe_every), ("window", window), ("max_probe_every", max_probe_every)):
+                 window: int = DEFAULT_WINDOW, max_probe_every: int = DEFAULT_MAX_PROBE_EVERY,
+                 recheck_every: int = DEFAULT_RECHECK_EVERY) -> None:
+        for name, value in (("probe_every", probe_every), ("window", window), ("max_probe_every", max_probe_every),
+                            ("recheck_every", recheck_every)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         base = parse_policy(policy)
@@ -90,6 +95,8 @@ class DraftGate:
         self.interval = probe_every  # skipped rounds before the next probe
         # the last drafted rounds: (survival [R', γ], {(R, live version): Θ_draft}) — once per request count
         self.recent: deque[tuple[np.ndarray, dict[tuple[int, int | None], float]]] = deque(maxlen=window)
+        self.recheck_every = recheck_every
+        self._memo: tuple[tuple[int, int | None], float, int] | None = None  # ((R, live version), gain, rounds served)
         self.skipped = 0  # consecutive rounds the gate has kept closed
         self.rounds_skipped = 0  # total, for reporting
 
@@ -98,6 +105,8 @@ class DraftGate:
         arr = _to_numpy(survival, "survival")
         if arr.shape[0] > 0:
             self.recent.append((arr, {}))
+            if self._memo is not None and self._memo[1] <= 1.0:  # a closed gate's probe: judge it at once
+                self._memo = None
 
     def expected_gain(self, num_requests: int) -> float:
         """Mean over the recent drafted rounds of Θ_draft / Θ_plain at `num_requests` requests (> 1 pays)."""
@@ -109,9 +118,20 @@ class DraftGate:
             thetas.append(cache[key])
         return float(np.mean(thetas)) / plain_throughput(self.sps, num_requests)
 
+    def _gain(self, num_requests: int) -> float:
+        """`expected_gain`, recomputed when R changes or after `recheck_every` rounds (a few survival rounds
+        more barely move a mean over `window` of them; the host time of a round does not pay for it)."""
+        memo, key = self._memo, (num_requests, None if self.sps.live is None else self.sps.live.version)
+        if memo is not None and memo[0] == key and memo[2] < self.recheck_every:
+            self._memo = (key, memo[1], memo[2] + 1)
+            return memo[1]
+        gain = self.expected_gain(num_requests)
+        self._memo = (key, gain, 1)
+        return gain
+
     def decide(self, num_requests: int) -> bool:
         """Draft this round, with `num_requests` active requests?"""
-        if not self.recent or num_requests < 1 or not self.sps.has_draft_cost or self.expected_gain(num_requests) > 1.0:
+        if not self.recent or num_requests < 1 or not self.sps.has_draft_cost or self._gain(num_requests) > 1.0:
             self.skipped, self.interval = 0, self.probe_every
             return True
         if self.skipped >= self.interval:  # closed for a while: draft once to refresh the estimate

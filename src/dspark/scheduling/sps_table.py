@@ -170,6 +170,8 @@ class SPSTable:
 
     def step_time(self, batch_tokens: float | np.ndarray) -> float | np.ndarray:
         """Seconds of one target forward over `batch_tokens` tokens (scalar or array)."""
+        if isinstance(batch_tokens, (int, np.integer)) and batch_tokens >= 1:  # the hot path: a cached lookup
+            return float(self.dense_step_times(int(batch_tokens))[batch_tokens])
         out = _interp_time(self._tokens, self._times, np.asarray(batch_tokens, dtype=np.float64))
         return float(out) if out.ndim == 0 else out
 
@@ -193,6 +195,8 @@ class SPSTable:
 
     @staticmethod
     def _curve_time(curve: _RequestCurve | None, num_requests: float | np.ndarray) -> float | np.ndarray:
+        if isinstance(num_requests, (int, np.integer)) and num_requests >= 1:  # the hot path: a cached lookup
+            return 0.0 if curve is None else curve.at(int(num_requests))
         x = np.asarray(num_requests, dtype=np.float64)
         out = np.zeros_like(x) if curve is None else curve(x)
         return float(out) if out.ndim == 0 else out
