@@ -93,13 +93,18 @@ class Attention(nn.Module):
         return k, self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q [B, T, H, D], k/v [B, S, Hkv, D], mask [B, T, S] bool (True = attend) -> [B, T, hidden]."""
+        """q [B, T, H, D], k/v [B, S, Hkv, D], mask [B, T, S] bool (True = attend) -> [B, T, hidden].
+
+        Grouped-query attention without copying K/V per query head: the `rep` query heads of one K/V
+        head are folded into its query axis (rows [B, Hkv, rep·T]), the mask repeated to match.
+        """
         b, t = q.shape[:2]
-        rep = self.heads // self.kv_heads
-        k = k.transpose(1, 2).repeat_interleave(rep, dim=1)
-        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask.unsqueeze(1))
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        rep, hkv, d = self.heads // self.kv_heads, self.kv_heads, self.head_dim
+        qg = q.view(b, t, hkv, rep, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, rep * t, d)
+        m = mask.unsqueeze(1).expand(b, rep, t, mask.shape[-1]).reshape(b, 1, rep * t, mask.shape[-1])
+        out = F.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2), attn_mask=m)  # [B, Hkv, rep·T, D]
+        out = out.view(b, hkv, rep, t, d).permute(0, 3, 1, 2, 4)  # [B, T, Hkv, rep, D] = head h at (h // rep, h % rep)
+        return self.o_proj(out.reshape(b, t, self.heads * d))
 
 
 class MLP(nn.Module):
