@@ -5,12 +5,16 @@ first imported) at small vocabularies; the module is skipped where Triton is not
 probs against `processed_probs_rows` (rtol 1e-5), greedy rows' one-hot exactly (ties, NaN, -inf),
 draws identical to `sample_from` for the same uniforms (random ones, and exact CDF boundaries over
 dyadic probabilities whose sums are exact in both), zero-probability tokens never drawn, and the
-`RowSampler` dispatch. `-m gpu` repeats the comparisons on CUDA at V = 151,936, adds a χ² test of the
-draws and a CUDA-graph capture without host synchronisation, and counts the kernels per drafted slot.
+`RowSampler` dispatch. Rows are split over several blocks (small `block`s, block counts that are not
+powers of two, whole blocks of zero mass or of -inf, rounding that leaves a block's scan short of its
+mass) and at V = 151,936 with the default blocks at one row. `-m gpu` repeats the comparisons on CUDA
+at V = 151,936 (20 rows and one row), adds a χ² test of the draws and a CUDA-graph capture without host
+synchronisation, counts the kernels per drafted slot and times a one-row call.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -92,9 +96,34 @@ def check_draws(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None =
 
 # ------------------------------------------------------------------------------ interpreter, small V
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("vocab,block", [(1000, 256), (3001, None)])
+@pytest.mark.parametrize("vocab,block", [(1000, 256), (3001, None), (1100, 64), (777, 32)])  # 4, 6, 18, 25 blocks
 def test_probs_match_reference(dtype, vocab, block):
     check_probs(random_logits(len(TEMPS), vocab, dtype), row_params(TEMPS), block)
+
+
+def test_block_choice():
+    """BLOCK depends on V only; V = 151,936 splits into 149 blocks (one row fills a 132-SM GPU)."""
+    assert sampling_triton._block(QWEN_VOCAB, None) == 1024 and -(-QWEN_VOCAB // 1024) == 149
+    assert sampling_triton._block(10, None) == 16 and sampling_triton._block(3001, None) == 512
+    for vocab in (128_256, 151_936, 262_144):  # large vocabularies: at least 128 blocks a row
+        assert -(-vocab // sampling_triton._block(vocab, None)) >= 128
+    assert sampling_triton._block(32_000, None) == 512  # smaller ones: blocks of at least 512
+    assert sampling_triton._block(1000, 64) == 64
+    for bad in (8, 96):
+        with pytest.raises(ValueError):
+            sampling_triton._block(1000, bad)
+
+
+def test_probs_with_blocks_of_minus_inf():
+    """Softmax rows whose whole blocks (the first, middle ones, the ragged last) are -inf: probs 0 there."""
+    vocab, block = 1100, 64  # 18 blocks, the last of 12
+    logits = random_logits(3, vocab, torch.float32, seed=20)
+    logits[0, :640] = float("-inf")
+    logits[1, 64:1000] = float("-inf")
+    logits[2, 1088:] = float("-inf")
+    logits[2, :64] = float("-inf")
+    probs = check_probs(logits, row_params([0.9, 1.0, 0.4]), block)
+    assert bool((probs[logits == float("-inf")] == 0).all())
 
 
 def test_greedy_rows_are_the_exact_one_hot_of_the_first_argmax():
@@ -108,6 +137,27 @@ def test_greedy_rows_are_the_exact_one_hot_of_the_first_argmax():
     logits[5, 17] = float("inf")
     probs = check_probs(logits.to(torch.bfloat16), row_params([0.0] * 6), block=256)
     assert probs.argmax(-1).tolist() == [5, 44, 998, 100, 0, 17]
+
+
+def test_greedy_ties_over_many_blocks():
+    """The first argmax across 18 blocks of 64 (not a power of two), NaN and -inf in late blocks."""
+    vocab = 1100
+    logits = torch.randn(9, vocab, generator=torch.Generator().manual_seed(21))
+    logits[0, [1099, 70, 1000]] = 50.0  # three blocks tie: the earliest block's index
+    logits[1, [63, 64]] = 50.0  # the last lane of block 0 and the first of block 1
+    logits[2, 1099] = 50.0  # the very last index
+    logits[3, [1090, 200]] = float("nan")  # NaN in the ragged last block and block 3
+    logits[3, 5] = float("inf")  # NaN still beats +inf
+    logits[4, :1088] = float("-inf")  # only the ragged last block is finite
+    logits[5] = float("-inf")
+    logits[5, 1099] = float("nan")
+    logits[6, :] = 3.0  # all equal: index 0
+    logits[7, [640, 641]] = float("inf")
+    logits[8] = float("-inf")  # nothing finite over many blocks: index 0
+    probs = check_probs(logits, row_params([0.0] * 9), block=64)
+    assert probs.argmax(-1).tolist() == [70, 63, 1099, 200, int(logits[4].argmax()), 1099, 0, 640, 0]
+    mixed = row_params([0.0, 0.8, 0.0, 1.2, 0.0, 0.7, 0.0, 1.0, 0.0])  # greedy and sampled rows together
+    check_probs(torch.where(logits.isnan(), 1.0, logits.clamp(-30, 30)), mixed, block=64)
 
 
 def test_temperature_zero_without_greedy_summary_divides_by_one():
@@ -150,6 +200,92 @@ def test_draws_at_exact_cdf_boundaries(total_log2, block):
     uniforms = boundary_uniforms(probs, 40)
     ids = check_draws(probs.expand(uniforms.numel(), -1), uniforms, block=block)
     assert bool((probs[ids] > 0).all())
+
+
+def dyadic_with_empty_blocks(vocab: int, block: int, total_log2: int, seed: int) -> torch.Tensor:
+    """`dyadic_probs` with whole blocks of zero mass (the first, runs in the middle, the ragged last)."""
+    probs = dyadic_probs(vocab, total_log2, seed).double()
+    nb = -(-vocab // block)
+    empty = [0, 2, 3, 4, nb // 2, nb - 1]
+    for b in empty:
+        probs[b * block:(b + 1) * block] = 0.0
+    keep = [b for b in range(nb) if b not in empty]
+    probs[keep[len(keep) // 2] * block] += 1.0 - probs.sum()  # exact: all terms are multiples of 2^-total_log2
+    assert probs.sum() == 1.0
+    return probs.float()
+
+
+@pytest.mark.parametrize("vocab,block", [(1000, 64), (1100, 64), (777, 32)])  # 16, 18, 25 blocks
+def test_draws_over_many_blocks_at_exact_boundaries(vocab, block):
+    """Exact CDF boundaries at every block end (zero-mass blocks after them): draws == `sample_from`."""
+    probs = dyadic_with_empty_blocks(vocab, block, 12, seed=vocab)
+    cdf = probs.double().cumsum(0)
+    ends = cdf[block - 1::block]
+    ends = ends[(ends > 0) & (ends < 1)]
+    edges = torch.cat([ends, torch.nextafter(ends, torch.zeros_like(ends)),
+                       torch.nextafter(ends, torch.ones_like(ends))])
+    random = torch.rand(8, generator=torch.Generator().manual_seed(vocab), dtype=torch.float64)
+    uniforms = torch.cat([boundary_uniforms(probs, 10, seed=vocab), edges, random])
+    ids = check_draws(probs.expand(uniforms.numel(), -1), uniforms, block=block)
+    assert bool((probs[ids] > 0).all())
+
+
+def test_draws_with_zero_rows_and_zero_blocks():
+    """All-zero rows clamp to V - 1 (as `sample_from`); mass only in the first / the last block."""
+    vocab, block = 900, 64  # 15 blocks
+    probs = torch.zeros(4, vocab)
+    probs[1, 3] = 0.25  # mass only in block 0
+    probs[2, [897, 899]] = 0.5  # mass only in the ragged last block
+    probs[3, 448:512] = 1 / 64  # one full block in the middle
+    uniforms = torch.tensor([0.0, 0.3, 0.5, 1.0 - 2.0 ** -53], dtype=torch.float64)
+    rows = probs.unsqueeze(1).expand(-1, 4, -1)
+    u = uniforms.expand(4, -1)
+    got = inverse_cdf(rows, u, block=block)
+    assert torch.equal(got, sample_from(rows, uniforms=u))
+    assert got[0].tolist() == [vocab - 1] * 4 and got[1].tolist() == [3] * 4
+    assert got[2].tolist() == [897, 897, 899, 899] and got[3].tolist() == [448, 467, 480, 511]
+
+
+def test_draws_under_rounding_stay_on_positive_mass():
+    """Tiny masses beside a huge one (block sums and in-block scans round differently): every draw has
+    positive mass and sits, up to float64 rounding, where the exact CDF puts the scaled uniform."""
+    vocab, block = 1000, 64
+    g = torch.Generator().manual_seed(22)
+    probs = torch.zeros(4, vocab, dtype=torch.float64)
+    probs[0, ::3] = 1e-17  # 1 + 1e-17 rounds to 1: a running sum never sees them, a tree sum does
+    probs[0, 130] = 1.0
+    probs[1, 64:128] = 1.0
+    probs[1, 128:] = 3e-17
+    probs[1, 500:564] = 0.0  # a zero block among the tiny ones
+    probs[2] = torch.rand(vocab, generator=g).pow(8) * (torch.rand(vocab, generator=g) > 0.5)
+    probs[3, :64] = 2.0 ** -7
+    probs[3, 896] = 1.0  # the last block with mass: its sum passes the in-block running sum, so u near 1
+    probs[3, 897:960] = 1e-17  # lands past the block's scan and draws its last token of positive mass
+    probs = probs.float()
+    uniforms = torch.cat([torch.rand(30, generator=g, dtype=torch.float64),
+                          1.0 - torch.logspace(-16, -12, 20, dtype=torch.float64)])
+    for r in range(4):
+        p = probs[r].double().tolist()
+        prefix = [math.fsum(p[:i]) for i in range(vocab + 1)]  # correctly rounded prefixes
+        ids = inverse_cdf(probs[r].expand(uniforms.numel(), -1), uniforms, block=block)
+        for u, i in zip(uniforms.tolist(), ids.tolist()):
+            assert p[i] > 0, (r, u, i)
+            target, tol = u * prefix[-1], 1e-14 * prefix[-1]
+            assert prefix[i] - tol <= target <= prefix[i + 1] + tol, (r, u, i)
+
+
+def test_one_row_at_qwen_vocab_default_blocks():
+    """One row of V = 151,936 (the drafter at batch 1) with the default 149 blocks of 1,024."""
+    logits = random_logits(2, QWEN_VOCAB, torch.bfloat16, seed=23)
+    logits[1, [7, 151_000]] = logits[1].max() + 1  # a greedy tie 151k tokens apart
+    greedy = check_probs(logits[1:], row_params([0.0]))
+    assert greedy.argmax().item() == 7
+    # against float64: torch's float32 CPU softmax itself is off by ~2e-5 relative over 151,936 terms
+    probs = processed_probs(logits[:1], torch.tensor([0.8]))
+    torch.testing.assert_close(probs.double(), torch.softmax(logits[:1].double() / 0.8, -1), rtol=1e-5, atol=1e-10)
+    probs[0, 1024:4096] = 0.0  # whole blocks without mass
+    uniforms = torch.rand(1, generator=torch.Generator().manual_seed(24), dtype=torch.float64)
+    check_draws(probs, uniforms)
 
 
 def test_empty_batch_and_argument_checks():
@@ -276,6 +412,26 @@ def test_gpu_qwen_vocab_probs_and_draws(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("temp", [0.7, 0.0])
+def test_gpu_one_row_at_qwen_vocab(temp):
+    """One row per call (the drafter's γ-step loop at batch 1): 149 blocks over the row, same results."""
+    needs_cuda()
+    logits = random_logits(1, QWEN_VOCAB, torch.bfloat16, "cuda", seed=15)
+    logits[0, [17, 150_000]] = logits[0].max() + 1  # a greedy tie 150k tokens apart
+    probs = check_probs(logits, row_params([temp], "cuda"))
+    if temp == 0.0:
+        assert probs.argmax().item() == 17
+    probs[0, 2048:8192] = 0.0  # whole blocks without mass
+    for u in torch.rand(32, device="cuda", dtype=torch.float64).tolist() + [0.0, 1.0 - 2.0 ** -53]:
+        uniform = torch.tensor([u], device="cuda", dtype=torch.float64)
+        got, want = inverse_cdf(probs, uniform), sample_from(probs, uniforms=uniform)
+        if not torch.equal(got, want):  # only where the scaled uniform is within rounding of a boundary
+            cdf = probs[0].double().cumsum(0)
+            assert abs(cdf[min(int(got), int(want))].item() - u * cdf[-1].item()) < 1e-12
+        assert probs[0, got].item() > 0
+
+
+@pytest.mark.gpu
 def test_gpu_exact_boundaries_at_qwen_vocab():
     needs_cuda()
     probs = dyadic_probs(QWEN_VOCAB, 19).cuda()
@@ -337,22 +493,40 @@ def test_gpu_graph_capture_without_host_sync():
     assert torch.equal(captured[0], fresh[0]) and torch.equal(captured[1], fresh[1])
 
 
-@pytest.mark.gpu
-def test_gpu_kernels_per_drafted_slot():
-    """The fused slot is 2 kernel launches; the PyTorch path it replaces is many more."""
-    needs_cuda()
+def device_kernels(run) -> list[tuple[str, float]]:
+    """(name, µs) of every CUDA kernel one call of `run` launches (after a warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
 
-    slot = GpuSlot(seed=14)
-
-    def kernels(run) -> int:
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            run()
-            torch.cuda.synchronize()
-        return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
 
-    fused, reference = kernels(slot.fused), kernels(slot.torch_path)
+
+@pytest.mark.gpu
+def test_gpu_kernels_per_drafted_slot():
+    """The fused slot is 4 kernel launches (two per stage); the PyTorch path it replaces is many more."""
+    needs_cuda()
+    slot = GpuSlot(seed=14)
+    fused, reference = len(device_kernels(slot.fused)), len(device_kernels(slot.torch_path))
     print(f"kernels per drafted slot: fused {fused}, torch {reference}")
-    assert fused <= 2 < reference
+    assert fused <= 4 < reference
+
+
+@pytest.mark.gpu
+def test_gpu_one_row_call_is_parallel_over_the_vocabulary():
+    """At one row the kernels spread the row over the GPU: each takes a few µs, not the ~110 µs / ~45 µs
+    of one program streaming the whole row (H200, 2026-12-02)."""
+    needs_cuda()
+    logits = random_logits(1, QWEN_VOCAB, torch.bfloat16, "cuda", seed=16)
+    temperature = torch.tensor([0.8], device="cuda")
+    probs = processed_probs(logits, temperature)
+    uniform = torch.rand(1, device="cuda", dtype=torch.float64)
+    times = device_kernels(lambda: processed_probs(logits, temperature))
+    times += device_kernels(lambda: inverse_cdf(probs, uniform))
+    print("one-row kernels (µs):", [(name, round(us, 1)) for name, us in times])
+    assert len(times) == 4
+    assert max(us for _, us in times) < 30 and sum(us for _, us in times) < 80

@@ -3,20 +3,32 @@
 The PyTorch path (`dspark.sampling.processed_probs_rows` then `sample_from`) costs about a dozen small
 kernels per drafted slot (casts, the greedy mask, division, softmax, argmax / one-hot / where, the
 float64 cast, cumsum, scaling, searchsorted, clamp). Inside a captured decode step those launches, not
-the arithmetic, dominate. Here each of the two stages is one Triton program per row:
+the arithmetic, dominate. Here each of the two stages is two Triton kernels, and both stages split a row
+over ``NB = ceil(V / BLOCK)`` blocks (V = 151,936: 149 blocks of 1,024), so that one row (the drafter's
+γ-step loop at batch 1) keeps every SM busy instead of one SM streaming the whole row (on an H200 the
+former one-program-per-row kernels cost ~110 µs and ~45 µs a call at one row):
 
 * `processed_probs` — logits ``[R, V]`` (any float dtype) and a per-row temperature -> float32 probs
-  ``[R, V]``: ``softmax(logits / T)`` with an online max / sum over ``V`` in blocks (two passes over the
-  row), or for greedy rows (``T == 0``) the one-hot of the argmax (the first maximum; NaN counts as the
-  largest value, as in `torch.argmax`). Only temperature: rows with top-k / top-p stay on the PyTorch path.
+  ``[R, V]``: ``softmax(logits / T)``, or for greedy rows (``T == 0``) the one-hot of the argmax (the
+  first maximum; NaN counts as the largest value, as in `torch.argmax`; a row of -inf gives index 0).
+  Kernel A, grid ``(R, NB)``: each block's max and sum of ``exp(x / T - max)`` (greedy rows: the block's
+  first argmax, value and index) into ``[R, NB]`` buffers. Kernel B, grid ``(R, NB)``: every block
+  reduces its row's NB partials (one vector load) to the row's max and sum (or argmax) and writes its
+  block of probs. Only temperature: rows with top-k / top-p stay on the PyTorch path.
 * `inverse_cdf` — probs ``[R, V]`` and uniforms ``[R]`` -> token ids ``[R]`` (int64), the semantics of
   `sample_from`: the uniform is scaled by the row's total mass (float64) and the first index whose
-  cumulative mass exceeds it is drawn. Pass 1 sums the blocks, pass 2 walks the same running prefix to
-  the block that holds the target and scans inside it. Zero-probability tokens are never drawn (the scan
-  only accepts indices of positive mass), and ids are clamped to ``V - 1``.
+  cumulative mass exceeds it is drawn. Kernel A, grid ``(R, NB)``: float64 block masses. Kernel B, one
+  program per row: the running sum over the block masses (their prefix ends at the total the uniform is
+  scaled by), the first block of positive mass whose end passes the target, then a float64 scan inside
+  that block only, from the prefix before it. Zero-probability tokens are never drawn (the scan only
+  accepts indices of positive mass; where rounding puts the target past the block's own scan, its last
+  index of positive mass is drawn), and ``target >= total`` (NaN, an all-zero row, u·total rounding up
+  to the total) clamps to ``V - 1`` as `sample_from` does.
 
-No host synchronisation and no data-dependent shapes, so both capture in a CUDA graph. On the CPU the
-kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` before Triton is first imported).
+No host synchronisation and no data-dependent shapes (the partial buffers are ``[R, NB]``, fixed by the
+shapes; under CUDA-graph capture the graph's pool serves them), so both capture in a CUDA graph. BLOCK
+depends only on V, never on R: a row's probs and draw do not depend on the batch it is in. On the CPU
+the kernels run only under Triton's interpreter (``TRITON_INTERPRET=1`` before Triton is first imported).
 """
 
 from __future__ import annotations
@@ -25,109 +37,139 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_BLOCK = 4096  # elements of a row per loop iteration (V = 151,936 takes 38 iterations)
+MIN_BLOCK, MAX_BLOCK = 512, 4096  # elements of a row per program
+TARGET_BLOCKS = 128  # blocks per row to aim for: one row alone fills an H200's 132 SMs
+
+
+# ----------------------------------------------------------------------------------- processed probs
+@triton.jit
+def _first_max(x, idx, valid, none):
+    """(maximum, its first `idx`) over the `valid` lanes, NaN above everything as in `torch.argmax` (the
+    maximum is then NaN); -inf lanes count, so all -inf gives the first valid lane (`none` if no lane)."""
+    nan = valid & (x != x)
+    any_nan = tl.max(nan.to(tl.int32), 0) > 0
+    top = tl.max(tl.where(valid & ~nan, x, float("-inf")), 0)
+    winner = valid & tl.where(any_nan, nan, x == top)
+    return tl.where(any_nan, float("nan"), top), tl.min(tl.where(winner, idx, none), 0)
 
 
 @triton.jit
-def _argmax_row(row_ptr, V, offs, BLOCK: tl.constexpr):
-    """First index of the row's maximum (NaN above everything, like `torch.argmax`)."""
-    best = tl.full([BLOCK], float("-inf"), tl.float32)  # per lane: best value so far
-    best_nan = offs < 0  # per lane: a NaN was seen (it wins)
-    best_idx = tl.full([BLOCK], -1, tl.int32)  # per lane: index of the best (-1: no element yet)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        valid = idx < V
-        x = tl.load(row_ptr + idx, mask=valid, other=float("-inf")).to(tl.float32)
-        nan = x != x
-        better = (best_idx < 0) | (nan & ~best_nan) | (~nan & ~best_nan & (x > best))
-        better = valid & better
-        best = tl.where(better, x, best)
-        best_nan = best_nan | (better & nan)
-        best_idx = tl.where(better, idx, best_idx)
-    filled = best_idx >= 0
-    any_nan = tl.max(best_nan.to(tl.int32), 0) > 0
-    top = tl.max(tl.where(filled & ~best_nan, best, float("-inf")), 0)
-    winner = tl.where(any_nan, best_nan, filled & ~best_nan & (best == top))
-    return tl.min(tl.where(winner, best_idx, V), 0)
-
-
-@triton.jit
-def _one_hot_row(in_row, out_row, V, offs, BLOCK: tl.constexpr):
-    hot = _argmax_row(in_row, V, offs, BLOCK)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        tl.store(out_row + idx, tl.where(idx == hot, 1.0, 0.0), mask=idx < V)
-
-
-@triton.jit
-def _softmax_row(in_row, out_row, V, t, offs, BLOCK: tl.constexpr):
-    """softmax(x / t) in float32: online per-lane max / sum over the blocks, then a pass that writes.
-
-    IEEE divisions (`div_rn`, as torch divides): Triton's `/` is the 2-ulp approximate one on CUDA.
-    """
-    m_vec = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane running max ...
-    s_vec = tl.zeros([BLOCK], tl.float32)  # ... and sum of exp(x - m_vec)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        x = tl.math.div_rn(tl.load(in_row + idx, mask=idx < V, other=float("-inf")).to(tl.float32), t)
-        m_vec_new = tl.maximum(m_vec, x)
-        m_ref = tl.where(m_vec_new == float("-inf"), 0.0, m_vec_new)  # -inf - -inf would be NaN
-        s_vec = s_vec * tl.exp(m_vec - m_ref) + tl.exp(x - m_ref)
-        m_vec = m_vec_new
-    m = tl.max(m_vec, 0)  # -inf only for a row of -inf, whose probs are NaN as in torch.softmax
-    s = tl.sum(s_vec * tl.exp(m_vec - m), 0)
-    for start in range(0, V, BLOCK):
-        idx = start + offs
-        valid = idx < V
-        x = tl.math.div_rn(tl.load(in_row + idx, mask=valid, other=float("-inf")).to(tl.float32), t)
-        tl.store(out_row + idx, tl.math.div_rn(tl.exp(x - m), s), mask=valid)
-
-
-@triton.jit
-def _processed_probs_kernel(logits_ptr, temp_ptr, out_ptr, V, stride_l, stride_o, rows_per_param,
-                            ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+def _probs_partials_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, V, NB, stride_l, rows_per_param,
+                           ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+    """Block (row, b): softmax rows -> m = max(x / t), s = sum(exp(x / t - m)); greedy rows -> the block's
+    maximum (NaN if it holds one) in m and the first index of it in i."""
     row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
     t = tl.load(temp_ptr + row // rows_per_param).to(tl.float32)
-    in_row = logits_ptr + row * stride_l
-    out_row = out_ptr + row * stride_o
-    offs = tl.arange(0, BLOCK)
+    idx = blk * BLOCK + tl.arange(0, BLOCK)
+    valid = idx < V
+    x = tl.load(logits_ptr + row * stride_l + idx, mask=valid, other=float("-inf")).to(tl.float32)
+    part = row * NB + blk
+    greedy = False
     if ANY_GREEDY:
-        if t == 0.0:
-            _one_hot_row(in_row, out_row, V, offs, BLOCK)
-        else:
-            _softmax_row(in_row, out_row, V, t, offs, BLOCK)
-    else:  # no row promised greedy: temperature 0 divides by 1, as `processed_probs_rows` does
-        _softmax_row(in_row, out_row, V, tl.where(t == 0.0, 1.0, t), offs, BLOCK)
+        greedy = t == 0.0
+    if greedy:
+        top, first = _first_max(x, idx, valid, V)
+        tl.store(m_ptr + part, top)
+        tl.store(i_ptr + part, first)
+    else:  # temperature 0 without a greedy row promised divides by 1, as `processed_probs_rows` does
+        # IEEE divisions (`div_rn`, as torch divides): Triton's `/` is the 2-ulp approximate one on CUDA
+        x = tl.math.div_rn(x, tl.where(t == 0.0, 1.0, t))
+        m = tl.max(x, 0)
+        m_ref = tl.where(m == float("-inf"), 0.0, m)  # -inf - -inf would be NaN; exp(-inf) = 0 sums to 0
+        tl.store(m_ptr + part, m)
+        tl.store(s_ptr + part, tl.sum(tl.exp(x - m_ref), 0))
 
 
 @triton.jit
-def _inverse_cdf_kernel(probs_ptr, u_ptr, out_ptr, V, stride_p, stride_u, BLOCK: tl.constexpr):
+def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, V, NB, stride_l, stride_o,
+                        rows_per_param, ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr, NB_PAD: tl.constexpr):
+    """Block (row, b): the row's max / sum (or argmax) from its NB partials, then this block's probs."""
     row = tl.program_id(0).to(tl.int64)
-    p_row = probs_ptr + row * stride_p
-    offs = tl.arange(0, BLOCK)
-    total = tl.zeros([], tl.float64)
-    for start in range(0, V, BLOCK):  # pass 1: the row's mass, block by block
-        idx = start + offs
-        total += tl.sum(tl.load(p_row + idx, mask=idx < V, other=0.0).to(tl.float64), 0)
+    blk = tl.program_id(1)
+    t = tl.load(temp_ptr + row // rows_per_param).to(tl.float32)
+    idx = blk * BLOCK + tl.arange(0, BLOCK)
+    valid = idx < V
+    nb = tl.arange(0, NB_PAD)
+    nb_valid = nb < NB
+    parts = row * NB + nb
+    pm = tl.load(m_ptr + parts, mask=nb_valid, other=float("-inf"))
+    out = out_ptr + row * stride_o + idx
+    greedy = False
+    if ANY_GREEDY:
+        greedy = t == 0.0
+    if greedy:  # blocks in order, each with its first maximum: the first block that wins holds the first
+        _, hot = _first_max(pm, tl.load(i_ptr + parts, mask=nb_valid, other=V), nb_valid, V)
+        tl.store(out, tl.where(idx == hot, 1.0, 0.0), mask=valid)
+    else:
+        ps = tl.load(s_ptr + parts, mask=nb_valid, other=0.0)
+        m = tl.max(pm, 0)  # -inf only for a row of -inf, whose probs are NaN as in torch.softmax
+        s = tl.sum(tl.where(nb_valid, ps * tl.exp(pm - m), 0.0), 0)
+        x = tl.load(logits_ptr + row * stride_l + idx, mask=valid, other=float("-inf")).to(tl.float32)
+        x = tl.math.div_rn(x, tl.where(t == 0.0, 1.0, t))
+        tl.store(out, tl.math.div_rn(tl.exp(x - m), s), mask=valid)
+
+
+# --------------------------------------------------------------------------------------- inverse CDF
+@triton.jit
+def _block_mass_kernel(probs_ptr, mass_ptr, V, NB, stride_p, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    blk = tl.program_id(1)
+    idx = blk * BLOCK + tl.arange(0, BLOCK)
+    p = tl.load(probs_ptr + row * stride_p + idx, mask=idx < V, other=0.0).to(tl.float64)
+    tl.store(mass_ptr + row * NB + blk, tl.sum(p, 0))
+
+
+@triton.jit
+def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, stride_u,
+                        BLOCK: tl.constexpr, NB_PAD: tl.constexpr):
+    """One row: locate the block from the prefix over its block masses, then scan inside it only.
+
+    `ends` (the running sum of the block masses) ends at `total`, the mass the uniform is scaled by, so
+    when ``target < total`` the last block's end passes the target. The first block of positive mass
+    whose end passes it is taken (a zero-mass block whose end passes it by rounding is skipped: its
+    tokens have no mass; if rounding leaves no such block, the last block of positive mass). In it, the
+    first index of positive mass with ``ends[b - 1] + cumsum > target`` is drawn; if rounding leaves the
+    in-block scan short of the target, the block's last index of positive mass (it has one). With exact
+    sums (dyadic probabilities) this is exactly `sample_from`'s draw.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    nb = tl.arange(0, NB_PAD)
+    nb_valid = nb < NB
+    mass = tl.load(mass_ptr + row * NB + nb, mask=nb_valid, other=0.0)
+    ends = tl.cumsum(mass, 0)
+    total = tl.sum(tl.where(nb == NB - 1, ends, 0.0), 0)
     target = tl.load(u_ptr + row * stride_u).to(tl.float64) * total
-    prefix = tl.zeros([], tl.float64)  # the same running sum as pass 1, so it ends at `total`
-    drawn = tl.full([], -1, tl.int32)
-    for start in range(0, V, BLOCK):  # pass 2: the first block whose end passes the target, then inside it
-        idx = start + offs
-        p = tl.load(p_row + idx, mask=idx < V, other=0.0).to(tl.float64)
-        block_mass = tl.sum(p, 0)
-        if (drawn < 0) & (prefix + block_mass > target):
-            cdf = prefix + tl.cumsum(p, 0)
-            first = tl.min(tl.where((cdf > target) & (p > 0), idx, V), 0)
-            last = tl.max(tl.where(p > 0, idx, -1), 0)  # the block has mass: rounding inside it lands here
-            drawn = tl.where(first < V, first, last)
-        prefix += block_mass
-    drawn = tl.where(drawn < 0, V - 1, drawn)  # target >= total (NaN or rounding at u -> 1): clamp
+    in_range = target < total  # false for NaN, an all-zero row, or u·total rounding up to the total
+    has_mass = nb_valid & (mass > 0)
+    blk = tl.min(tl.where(has_mass & (ends > target), nb, NB), 0)
+    blk = tl.where(blk < NB, blk, tl.max(tl.where(has_mass, nb, -1), 0))  # past every end: the last with mass
+    start = tl.sum(tl.where(nb == blk - 1, ends, 0.0), 0)  # the prefix before the block (0 for block 0)
+    idx = blk * BLOCK + tl.arange(0, BLOCK)
+    end = tl.where(in_range, V, 0)  # out of range: load nothing (blk may be -1 then)
+    p = tl.load(probs_ptr + row * stride_p + idx, mask=(idx >= 0) & (idx < end), other=0.0).to(tl.float64)
+    cdf = start + tl.cumsum(p, 0)
+    first = tl.min(tl.where((cdf > target) & (p > 0), idx, V), 0)
+    last = tl.max(tl.where(p > 0, idx, -1), 0)
+    drawn = tl.where(first < V, first, last)
+    drawn = tl.where(in_range & (drawn >= 0), drawn, V - 1)  # target >= total: clamp like `sample_from`
     tl.store(out_ptr + row, drawn.to(tl.int64))
 
 
+# ------------------------------------------------------------------------------------------ wrappers
 def _block(vocab: int, block: int | None) -> int:
-    return block if block is not None else min(MAX_BLOCK, triton.next_power_of_2(max(vocab, 16)))
+    """Elements per program: a power of two, about V / TARGET_BLOCKS within [MIN_BLOCK, MAX_BLOCK]
+    (never above V's own power of two). V = 151,936 -> 1,024 (149 blocks)."""
+    if block is not None:
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"block {block} is not a power of two >= 16")
+        return block
+    per_block = triton.next_power_of_2(triton.cdiv(vocab, TARGET_BLOCKS) + 1) // 2  # largest power of 2 <= it
+    return min(triton.next_power_of_2(max(vocab, 16)), max(MIN_BLOCK, min(MAX_BLOCK, per_block)))
+
+
+def _warps(block: int) -> int:
+    return 8 if block >= 2048 else 4
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -142,6 +184,7 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, any_greedy:
 
     Equals `processed_probs_rows` for rows without top-k / top-p (up to float32 rounding of the
     softmax; greedy rows exactly). `any_greedy=False` treats temperature 0 as 1, as that function does.
+    Two kernels over a ``(N, ceil(V / block))`` grid (`block`: a power of two, for tests).
     """
     flat = _rows(logits)
     rows, vocab = flat.shape
@@ -152,13 +195,23 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, any_greedy:
     if params == 0 or rows % params:
         raise ValueError(f"{rows} rows do not split evenly over {params} temperatures")
     bs = _block(vocab, block)
-    _processed_probs_kernel[(rows,)](flat, temperature.reshape(-1), out, vocab, flat.stride(0), out.stride(0),
-                                     rows // params, ANY_GREEDY=any_greedy, BLOCK=bs, num_warps=8 if bs >= 2048 else 4)
+    nb = triton.cdiv(vocab, bs)
+    partials = torch.empty(3, rows, nb, dtype=torch.float32, device=logits.device)  # max, sum, argmax
+    m, s, i = partials[0], partials[1], partials[2].view(torch.int32)
+    temp, per = temperature.reshape(-1), rows // params
+    _probs_partials_kernel[(rows, nb)](flat, temp, m, s, i, vocab, nb, flat.stride(0), per,
+                                       ANY_GREEDY=any_greedy, BLOCK=bs, num_warps=_warps(bs))
+    _probs_write_kernel[(rows, nb)](flat, temp, m, s, i, out, vocab, nb, flat.stride(0), out.stride(0), per,
+                                    ANY_GREEDY=any_greedy, BLOCK=bs, NB_PAD=triton.next_power_of_2(nb),
+                                    num_warps=_warps(bs))
     return out
 
 
 def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """probs `[..., V]` and uniforms `[...]` in [0, 1) -> token ids `[...]` (int64), as `sample_from`."""
+    """probs `[..., V]` and uniforms `[...]` in [0, 1) -> token ids `[...]` (int64), as `sample_from`.
+
+    Block masses over a ``(N, ceil(V / block))`` grid, then one program per row (`block`: for tests).
+    """
     flat = _rows(probs)
     rows, vocab = flat.shape
     out = torch.empty(rows, dtype=torch.long, device=probs.device)
@@ -168,6 +221,9 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None =
     if u.numel() != rows:
         raise ValueError(f"{u.numel()} uniforms for {rows} rows")
     bs = _block(vocab, block)
-    _inverse_cdf_kernel[(rows,)](flat, u, out, vocab, flat.stride(0), u.stride(0), BLOCK=bs,
-                                 num_warps=8 if bs >= 2048 else 4)
+    nb = triton.cdiv(vocab, bs)
+    mass = torch.empty(rows, nb, dtype=torch.float64, device=probs.device)
+    _block_mass_kernel[(rows, nb)](flat, mass, vocab, nb, flat.stride(0), BLOCK=bs, num_warps=_warps(bs))
+    _inverse_cdf_kernel[(rows,)](flat, mass, u, out, vocab, nb, flat.stride(0), u.stride(0), BLOCK=bs,
+                                 NB_PAD=triton.next_power_of_2(nb), num_warps=_warps(bs))
     return out.reshape(probs.shape[:-1])
