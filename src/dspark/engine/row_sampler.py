@@ -4,7 +4,7 @@ Row r applies its own request's temperature / top-k / top-p (`dspark.sampling.pr
 and draws from its request's counter-based stream (`dspark.counter_rng`) starting at a counter the
 scheduler assigned, so the draws of a request never depend on which other requests share the batch.
 
-On CUDA with Triton installed, the drafter's per-slot work is two fused kernels
+On CUDA with Triton installed, the drafter's per-slot work is four fused kernels
 (`dspark.kernels.sampling_triton`): `probs` when no row uses top-k or top-p (the host-side `RowParams`
 summaries say so, and they are part of a captured graph's key), and every `draw`. Elsewhere, and for
 top-k / top-p rows, the PyTorch functions run unchanged (CPU results are bit-identical to them).
