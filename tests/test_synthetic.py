@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dspark.engine.synthetic import NOT_LOSSLESS, SyntheticAcceptance, synthetic_from_spec
+from dspark.engine.synthetic import CHUNK, NOT_LOSSLESS, SyntheticAcceptance, synthetic_from_spec
 from dspark.errors import ConfigError
 from dspark.sim.acceptance import MTP_PRESETS, PRESETS, CurveAcceptance, make_acceptance
 
@@ -22,21 +22,35 @@ class CountingModel:
 
     def draw(self, num_requests: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(num_requests)
-        return np.full((num_requests, 3), 0.5), np.arange(num_requests) % 4
+        return np.full((num_requests, 3), 0.5), np.full(num_requests, len(self.calls) % 4)  # call k: k % 4 accepted
 
 
-def test_propose_draws_once_and_accepted_is_capped():
+def test_each_request_draws_its_own_rounds_and_accepted_is_capped():
     model = CountingModel()
     syn = SyntheticAcceptance(model, gamma=3)
     assert syn.label == "synthetic-acceptance:counting (NOT lossless)"
     conf = syn.propose(["a", "b", "c", "d"])
-    assert model.calls == [4] and conf == [[0.5] * 3] * 4
-    assert [syn.accepted(r, 3) for r in "abcd"] == [0, 1, 2, 3]
-    assert [syn.accepted(r, 1) for r in "abcd"] == [0, 1, 1, 1]  # never more than verified
+    assert model.calls == [CHUNK] * 4 and conf == [[0.5] * 3] * 4  # one stream per request
+    assert [syn.accepted(r, 3) for r in "abcd"] == [1, 2, 3, 0]
+    assert [syn.accepted(r, 1) for r in "abcd"] == [1, 1, 1, 0]  # never more than verified
     assert syn.accepted("d", 0) == 0 and syn.accepted("unknown", 3) == 0
+    syn.propose(["a"])  # its next round comes from its own stream: no new draw
+    assert model.calls == [CHUNK] * 4
     syn.release("d")
     assert syn.accepted("d", 3) == 0
-    assert syn.propose([]) == [] and model.calls == [4]
+    assert syn.propose([]) == [] and model.calls == [CHUNK] * 4
+
+
+def test_common_random_numbers_whatever_else_runs():
+    """A request's k-th round does not depend on which other requests propose, or in which order."""
+    a, b = synthetic_from_spec("dspark/math", 7, seed=5), synthetic_from_spec("dspark/math", 7, seed=5)
+    first = a.propose(["x", "y"]) + a.propose(["y"]) + a.propose(["x", "y"])
+    b.propose(["y"])
+    second = b.propose(["z", "y", "x"]) + b.propose(["y"])
+    assert first[1] == synthetic_from_spec("dspark/math", 7, seed=5).propose(["y"])[0]  # y's first round
+    assert first[2] == second[1]  # y's second round
+    assert first[0] == second[2]  # x's first round
+    assert first[3] == b.propose(["x"])[0]  # x's second round
 
 
 def test_accepted_matches_the_models_expected_tau():

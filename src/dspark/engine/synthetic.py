@@ -11,12 +11,15 @@ what a scheduling policy does with a drafter of a given quality on a target with
     conf = synthetic.propose(["req-0", "req-1"])   # [R][γ] confidences for the planner; one round drawn per request
     synthetic.accepted("req-0", 3)                 # min(accepted_if_all of req-0's round, 3)
 
-Draws come from one generator seeded by `seed`, one `model.draw` per proposal step over all its rows,
-so they depend on the order in which requests propose (deterministic for a deterministic engine).
+Each request has its own stream of rounds, seeded by (`seed`, request id): its k-th proposal is the
+k-th round of that stream whatever else is running (rounds are drawn `CHUNK` at a time per request).
+So two policies serving the same requests see the same acceptance rounds (common random numbers): a
+difference between them is what the policy did, not the luck of the draw.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from dspark.errors import ConfigError, DataError
 from dspark.sim.acceptance import AcceptanceModel, CurveAcceptance, TraceAcceptance, make_acceptance, preset_names
 
 NOT_LOSSLESS = "synthetic acceptance (NOT lossless)"
+CHUNK = 64  # rounds drawn at a time for one request
 
 
 class SyntheticAcceptance:
@@ -37,18 +41,31 @@ class SyntheticAcceptance:
                               f"proposes {gamma} tokens per round")
         self.model, self.gamma = model, int(gamma)
         self.label = f"synthetic-acceptance:{model.name} (NOT lossless)"
-        self._rng = np.random.default_rng([int(seed), 0x5A])
+        self.seed = int(seed)
+        self._streams: dict[str, list] = {}  # req_id -> [confidence [CHUNK, γ], accepted [CHUNK], next round, rng]
         self._accepted: dict[str, int] = {}  # req_id -> accepted_if_all of its last drawn round
 
     def propose(self, req_ids: list[str]) -> list[list[float]]:
         """A new round for each request: draw (confidences [γ], accepted_if_all) from the model (one model.draw call for all rows),
         keep accepted_if_all per request, return the confidences (the model's calibrated predictions) that replace the drafter's."""
-        if not req_ids:
-            return []
-        confidence, accepted = self.model.draw(len(req_ids), self._rng)  # [R, γ], [R]
-        for req_id, n in zip(req_ids, accepted.tolist()):
-            self._accepted[req_id] = int(n)
-        return np.asarray(confidence, dtype=np.float64).tolist()
+        out = []
+        for req_id in req_ids:
+            conf, n = self._next_round(req_id)
+            self._accepted[req_id] = n
+            out.append(conf)
+        return out
+
+    def _next_round(self, req_id: str) -> tuple[list[float], int]:
+        stream = self._streams.get(req_id)
+        if stream is None or stream[2] == CHUNK:
+            rng = stream[3] if stream is not None else np.random.default_rng(
+                [self.seed, 0x5A, *np.frombuffer(hashlib.sha256(req_id.encode()).digest()[:8], dtype=np.uint32).tolist()])
+            confidence, accepted = self.model.draw(CHUNK, rng)  # [CHUNK, γ], [CHUNK]
+            stream = [np.asarray(confidence, dtype=np.float64).tolist(), accepted.tolist(), 0, rng]
+            self._streams[req_id] = stream
+        k = stream[2]
+        stream[2] = k + 1
+        return stream[0][k], int(stream[1][k])
 
     def accepted(self, req_id: str, num_verify: int) -> int:
         """min(accepted_if_all of its last round, num_verify); 0 when the request has no stored round."""
@@ -56,6 +73,7 @@ class SyntheticAcceptance:
 
     def release(self, req_id: str) -> None:
         self._accepted.pop(req_id, None)
+        self._streams.pop(req_id, None)
 
     def expected_accepted(self, num_verify: int | None = None) -> float | None:
         """Mean accepted drafts per round at a fixed ℓ (default γ) for curve models; None for traces."""
