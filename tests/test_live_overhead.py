@@ -77,3 +77,22 @@ def test_engine_feeds_the_planner_its_step_times(qwen3_target):
     llm.generate([[1, 2, 3, 4], [5, 6, 7]], max_new_tokens=24, temperature=1.0, seed=3, ignore_eos=True)
     samples = llm.planner.live.to_dict()["samples"]
     assert sum(samples.values()) > 8  # every step after the first was observed
+
+
+@pytest.mark.parametrize("policy", ["dspark-async", "dspark-async+gate"])
+def test_prepare_while_the_gpu_runs_changes_no_decision(policy):
+    """`prepare` (the engine calls it between a step's launch and its read-back) only moves work earlier."""
+    rng = np.random.default_rng(0)
+    rounds = [np.cumprod(rng.uniform(0.5, 0.99, (r, 7)), axis=1) for r in [16] * 12 + [15, 16, 16]]
+    table = SPSTable([1, 16, 64, 128], [1000.0, 900.0, 600.0, 400.0], draft_cost={1: 0.0005, 16: 0.001})
+    got = []
+    for prepared in (False, True):
+        planner, out = VerifyPlanner(policy, table), []
+        for s in rounds:
+            out.append((planner.should_draft(len(s)), planner.plan(s).tolist()))
+            if prepared:
+                planner.prepare(len(s))
+        got.append(out)
+    assert got[0] == got[1]
+    if policy == "dspark-async":
+        assert planner._capacity is not None  # the capacity was computed ahead

@@ -247,7 +247,8 @@ class LLM:
         if last is not None and isinstance(planner, VerifyPlanner):  # what the previous step really cost
             planner.observe_step(last[0], last[1], last[2], now - last[3])
         out = self.scheduler.schedule()
-        result = self.runner.execute(out)
+        prepare = planner.prepare if isinstance(planner, VerifyPlanner) and out.seqs else None
+        result = self.runner.execute(out, None if prepare is None else (lambda: prepare(len(out.seqs))))
         touched = self.scheduler.update(out, result)
         self._last_step = (len(out.seqs), out.num_tokens, out.draft, now) if out.seqs else None
         return [self._output(req) for req in touched]

@@ -223,7 +223,8 @@ class Runner:
         return torch.stack([empty if p is None else p for p in probs])[:, :k]
 
     # ------------------------------------------------------------------------------ execute
-    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+    def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> RunnerOutput:
+        """Run the step; `overlap` runs on the host while the GPU works (before the one read-back)."""
         for req_id in out.released:
             self.states.pop(req_id, None)
             self.target.release(req_id)
@@ -235,6 +236,8 @@ class Runner:
             return RunnerOutput([])
         plan = self._plan(out)
         result = self.step(plan)
+        if overlap is not None:
+            overlap()
         return self._read_back(plan, result)
 
     def _read_back(self, plan: StepPlan, result: StepResult) -> RunnerOutput:

@@ -129,6 +129,14 @@ class DraftGate:
         self._memo = (key, gain, 1)
         return gain
 
+    def prefetch(self, num_requests: int) -> None:
+        """Compute the gain the next `decide(num_requests)` will need now (off the critical path)."""
+        key = (num_requests, None if self.sps.live is None else self.sps.live.version)
+        memo = self._memo
+        stale = memo is None or memo[0] != key or memo[2] >= self.recheck_every
+        if stale and self.recent and num_requests >= 1 and self.sps.has_draft_cost:
+            self._memo = (key, self.expected_gain(num_requests), 0)
+
     def decide(self, num_requests: int) -> bool:
         """Draft this round, with `num_requests` active requests?"""
         if not self.recent or num_requests < 1 or not self.sps.has_draft_cost or self._gain(num_requests) > 1.0:

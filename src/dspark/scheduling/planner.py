@@ -22,7 +22,7 @@ import numpy as np
 from dspark.errors import ConfigError
 from dspark.scheduling.gate import DraftGate
 from dspark.scheduling.live_overhead import LiveOverhead
-from dspark.scheduling.policy import parse_policy, plan_verify_lengths
+from dspark.scheduling.policy import async_capacity, parse_policy, plan_verify_lengths
 from dspark.scheduling.sps_table import SPSTable
 
 NEEDS_SPS = ("dspark", "dspark-async", "global")
@@ -59,10 +59,30 @@ class VerifyPlanner:
         self.drafting = not (parsed.kind == "none" or (parsed.kind == "fixed" and parsed.param == 0))
         self.needs_confidence = parsed.kind in NEEDS_CONFIDENCE or parsed.gate
         self.history: deque[np.ndarray] = deque(maxlen=2)  # survival of the last two planned steps
+        self._capacity: tuple[np.ndarray, int, int | None, int] | None = None  # (stale, R, live version, K): `prepare`
         self.gate = DraftGate(self.sps, policy) if parsed.gate else None
         self.rounds_planned = 0
         self.tokens_planned = 0  # Σ ℓ over planned rows (mean verify length = tokens / rows)
         self.rows_planned = 0
+
+    def prepare(self, num_requests: int) -> None:
+        """Work for the NEXT step that needs only what is known now, done while the GPU runs this one (the
+        engine calls it between a step's launch and its read-back): `dspark-async`'s capacity from the
+        survival the next plan takes as stale (`history[0]`, for as many rows as this step planned), and
+        the gate's gain at `num_requests`. The next step's decisions are exactly those without it."""
+        if self.parsed.kind == "dspark-async" and len(self.history) == 2:
+            stale, rows = self.history[0], len(self.history[-1])
+            if not self._capacity_ready(stale, rows):
+                self._capacity = (stale, rows, self._live_version(), async_capacity(stale, self.sps, rows))
+        if self.gate is not None:
+            self.gate.prefetch(num_requests)
+
+    def _live_version(self) -> int | None:
+        return None if self.live is None else self.live.version
+
+    def _capacity_ready(self, stale: np.ndarray, rows: int) -> bool:
+        c = self._capacity  # holds `stale` itself: compared by identity, never a recycled id
+        return c is not None and c[0] is stale and c[1] == rows and c[2] == self._live_version()
 
     def observe_step(self, num_requests: int, num_tokens: int, drafted: bool, seconds: float) -> None:
         """A step's measured wall time (start to the next start); its excess over the table feeds `live`.
@@ -92,8 +112,11 @@ class VerifyPlanner:
         if survival.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
         stale = self.history[0] if len(self.history) == 2 else None
+        capacity = None
+        if stale is not None and self._capacity_ready(stale, len(survival)):
+            capacity = self._capacity[3]  # computed by `prepare` while the GPU ran the last step
         lengths = np.asarray(plan_verify_lengths(survival, self.sps, self.policy, stale_survival=stale,
-                                                 confidence=confidence), dtype=np.int64)
+                                                 confidence=confidence, capacity=capacity), dtype=np.int64)
         self.history.append(survival)
         if self.gate is not None:
             self.gate.observe(survival)
