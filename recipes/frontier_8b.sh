@@ -7,6 +7,12 @@
 # On the device (run tool, kind nvidia-h200), back to back (the machine keeps nothing once cold):
 #   STAGES=tests    bash recipes/frontier_8b.sh   # ~2 min: the engine's -m gpu tests (graphs == eager, kernels)
 #   STAGES=frontier bash recipes/frontier_8b.sh   # <= 9.5 min: the grid below, table + JSON + PNG + simulator
+# The whole default grid takes ~11 min on an H200 (2026-12-02: cut in the last policy): split it in two calls,
+#   STAGES=frontier POLICIES=none,mtp1,fixed:3,fixed:7 RESULTS=$OUT bash recipes/frontier_8b.sh
+#   STAGES=frontier POLICIES=dspark-async,dspark-async+gate RESULTS=$OUT bash recipes/frontier_8b.sh
+# and join them here: copy each call's frontier8b.json to DIR/part-1.json, part-2.json, then
+#   python recipes/_frontier.py merge --parts DIR --policies none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate \
+#       --json DIR/frontier8b.json --plot DIR/frontier8b.png
 # Each writes to $OUT (RESULTS elsewhere): gpu_tests.log; frontier8b.log, frontier8b.json, frontier8b.png,
 # sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`).
 #
