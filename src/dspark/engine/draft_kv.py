@@ -44,8 +44,15 @@ class PagedContextKV:
         self.max_length += width
 
     def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entries up to `max_length`: k, v `[R, max_length, Hkv, D]` (mask with `valid_mask`)."""
-        return self.cache.gather(layer, self.block_tables, self.max_length)
+        """Entries up to `max_length`: k, v `[R, max_length, Hkv, D]` (mask with `valid_mask`).
+
+        Entries past a row's own length are zeroed: those slots hold whatever their page has (the null
+        page takes the padding writes, which may be NaN), and a masked NaN key or value still makes the
+        row NaN (an additive -inf mask on a NaN score, a zero weight times a NaN value).
+        """
+        k, v = self.cache.gather(layer, self.block_tables, self.max_length)
+        invalid = ~self.valid_mask()[:, :, None, None]
+        return k.masked_fill(invalid, 0), v.masked_fill(invalid, 0)
 
     def valid_mask(self) -> torch.Tensor:
         """[R, max_length] True where a row has an entry."""
