@@ -17,7 +17,8 @@ Every request has a random prompt and never finishes while measured; after the p
 decode steps, `--steps` steps are timed with `time.perf_counter` around each part of `LLM.step`:
 
 * schedule  `Scheduler.schedule` less the planner calls inside it (pages, rows, preemption);
-* plan      the planner: `plan`, `should_draft`, `prepare` (while the GPU would run) and `observe_step`;
+* plan      the planner on the critical path: `plan`, `should_draft` and `observe_step`;
+* overlap   the planner's `prepare`, which runs while the GPU works (hidden there behind a longer step);
 * inputs    `Runner._plan` (the step's integer lists, one upload) and the graph side's host work
             (`GraphedStep`: its key, the static-buffer fill, the output slices);
 * forward   `speculative_step` itself (the tiny model; on a GPU this is the graph replay);
@@ -65,7 +66,7 @@ from dspark.targets.random_weights import random_drafter, random_target
 
 POLICIES = ("none", "fixed:7", "dspark-async", "dspark-async+gate")
 CONCURRENCY = (1, 4, 16, 64, 256)
-PHASES = ("schedule", "plan", "inputs", "forward", "commit", "host", "total")
+PHASES = ("schedule", "plan", "overlap", "inputs", "forward", "commit", "host", "total")
 PAGE = 16
 LADDER_STEP = 8  # graph sizes of this bench (see fine_ladder)
 
@@ -128,8 +129,8 @@ def install_timers(timer: PhaseTimer, llm: LLM) -> None:
     timer.install(sched, "schedule", "schedule")
     for name in ("plan", "should_draft"):  # called inside schedule
         timer.install(planner, name, "plan", nested_in="schedule")
-    for name in ("prepare", "observe_step"):  # called by LLM.step
-        timer.install(planner, name, "plan")
+    timer.install(planner, "observe_step", "plan")  # called by LLM.step
+    timer.install(planner, "prepare", "overlap")  # called by the runner between the launch and the read-back
     timer.install(runner, "_plan", "inputs")
     timer.install(runner, "step", "inputs")  # the graph side's host work; the forward inside is taken out
     timer.install(graphed_step_module, "speculative_step", "forward", nested_in="inputs")
@@ -184,8 +185,9 @@ def build_engine(target: TargetModel, drafter: Drafter, policy: str, concurrency
 
 
 def output_tokens(args: argparse.Namespace, gamma: int) -> int:
-    """Tokens every request asks for: more than the warm-up and the timed steps can commit."""
-    return (args.warmup + args.steps + 8) * (gamma + 1)
+    """Tokens every request asks for: more than the prefill steps (< prompt_len), the warm-up and the timed
+    steps can commit at γ+1 tokens per step."""
+    return (args.prompt_len + args.warmup + args.steps + 8) * (gamma + 1)
 
 
 def measure(llm: LLM, concurrency: int, args: argparse.Namespace, profile: cProfile.Profile | None) -> dict[str, float]:
@@ -210,8 +212,9 @@ def measure(llm: LLM, concurrency: int, args: argparse.Namespace, profile: cProf
         if profile is not None:
             profile.disable()
         timer.uninstall()
-    if any(s.get("forward", 0.0) == 0.0 for s in timer.steps):
-        raise RuntimeError("a timed step ran no forward: requests finished or were preempted while measured")
+    sched = llm.scheduler
+    if len(sched.running) != concurrency or sched.num_preemptions or any(r.in_prefill for r in sched.running.values()):
+        raise RuntimeError("a request finished, was preempted or prefilled while measured: not a steady decode")
     return timer.medians_us()
 
 

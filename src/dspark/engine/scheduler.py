@@ -33,7 +33,7 @@ from dspark.scheduling.planner import Planner
 
 def survival_of(confidence: list[float]) -> list[float]:
     """Prefix survival a_j = c_1 ··· c_j of one row, multiplied left to right in float64 (as np.cumprod)."""
-    return list(itertools.accumulate((float(c) for c in confidence), operator.mul))
+    return list(itertools.accumulate(map(float, confidence), operator.mul))
 
 
 def draw_stride(num_drafts: int) -> int:
