@@ -108,6 +108,13 @@ class BlockManager:
         self.hits += len(pages)
         return pages
 
+    def completes_pages(self, pages: list[int], num_tokens: int, num_computed: int, num_registered: int) -> bool:
+        """Would `register` register anything for a request of `num_tokens` tokens? (Read no tokens: a
+        caller builds the token list only then.)"""
+        if not self.enable_prefix_caching:
+            return False
+        return min(num_computed // self.page_size, len(pages), (num_tokens - 1) // self.page_size) > num_registered
+
     def register(self, pages: list[int], tokens: list[int], num_computed: int, num_registered: int) -> int:
         """Register the request's pages that became complete; returns the new count of registered pages.
 

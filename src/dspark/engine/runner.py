@@ -12,6 +12,7 @@ The drafter's context K/V always live in a `PagedKVCache` indexed by the schedul
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 
 from dspark.drafters.base import Drafter, FlatAbsorber
-from dspark.engine.batch import FlatBatch, slots_for
+from dspark.engine.batch import FlatBatch
 from dspark.engine.kv_cache import PagedKVCache
+from dspark.engine.layout import flat_layout, ragged_to_padded
 from dspark.engine.messages import RunnerOutput, SchedulerOutput, SeqResult
 from dspark.engine.step import StepPlan, StepResult, speculative_step
 from dspark.engine.target import TargetForward
@@ -52,39 +54,28 @@ class _ReqState:
 
 
 class _Upload:
-    """Integer lists packed into one int64 buffer, sent to the device in one copy, returned as views."""
+    """Integer arrays packed into one int64 buffer, sent to the device in one copy, returned as views."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.flat: list[int] = []
-        self.shapes: list[tuple[int, tuple[int, ...]]] = []
+        self.parts: list[np.ndarray] = []
 
-    def add(self, values: list, width: int | None = None) -> int:
-        """Queue a 1-D list, or a 2-D list of rows of `width` items; returns its index for `send`."""
-        start = len(self.flat)
-        if isinstance(values, np.ndarray):
-            self.flat += values.reshape(-1).tolist()
-            shape: tuple[int, ...] = tuple(values.shape)
-        elif width is None:
-            self.flat += values
-            shape = (len(values),)
-        else:
-            for row in values:
-                self.flat += row
-            shape = (len(values), width)
-        self.shapes.append((start, shape))
-        return len(self.shapes) - 1
+    def add(self, values: np.ndarray | list, width: int | None = None) -> int:
+        """Queue an array, a 1-D list, or a 2-D list of rows of `width` items; returns its index for `send`."""
+        arr = np.asarray(values, dtype=np.int64)
+        if width is not None and arr.ndim != 2:
+            arr = arr.reshape(-1, width)
+        self.parts.append(arr)
+        return len(self.parts) - 1
 
     def send(self) -> list[torch.Tensor]:
-        packed = torch.tensor(self.flat, dtype=torch.long)
+        packed = torch.from_numpy(np.concatenate([p.reshape(-1) for p in self.parts]))
         if self.device.type == "cuda":
             packed = packed.pin_memory().to(self.device, non_blocking=True)
         else:
             packed = packed.to(self.device)
-        ends = [start for start, _ in self.shapes[1:]] + [len(self.flat)]
-        sizes = [end - start for (start, _), end in zip(self.shapes, ends)]
-        parts = torch.split(packed, sizes)  # views, one call
-        return [part if len(shape) == 1 else part.view(shape) for part, (_, shape) in zip(parts, self.shapes)]
+        parts = torch.split(packed, [p.size for p in self.parts])  # views, one call
+        return [part if p.ndim == 1 else part.view(p.shape) for part, p in zip(parts, self.parts)]
 
 
 class Runner:
@@ -114,65 +105,35 @@ class Runner:
     # ------------------------------------------------------------------------------ plan
     def _plan(self, out: SchedulerOutput) -> StepPlan:
         seqs, dev, ps, k = out.seqs, self.device, self.page_size, self.num_drafts
-        ids: list[int] = []
-        pos: list[int] = []
-        slots: list[int] = []
-        qlens: list[int] = []
-        logit_rows: list[int] = []
-        logits_indices: list[int] = []  # flat tokens whose logits are read, in seq order (= logit_rows)
-        verify_logits: list[list[int]] = []
-        num_new: list[int] = []
-        known_anchor: list[int] = []
-        sampled_rows: list[int] = []
-        base = 0
-        for b, seq in enumerate(seqs):
-            toks = seq.token_ids if seq.prefill else seq.token_ids + self.states[seq.req_id].draft_ids[: seq.num_verify]
-            n = len(toks)
-            ids += toks
-            pos += range(seq.start, seq.start + n)
-            slots += slots_for(seq.block_table, seq.start, n, ps)
-            qlens.append(n)
-            if seq.prefill:  # verifies nothing: the token it draws is its first (read only when sample_first)
-                row = len(logit_rows) if seq.sample_first else 0
-                if seq.sample_first:
-                    logit_rows.append(b)
-                    logits_indices.append(base + n - 1)
-                    sampled_rows.append(b)
-                verify_logits.append([row] * (k + 1))
-                num_new.append(n)
-                known_anchor.append(seq.next_token if seq.next_token is not None and seq.final_chunk else -1)
-            else:
-                first = len(logit_rows)
-                verify_logits.append([first + min(j, n - 1) for j in range(k + 1)])
-                logit_rows += [b] * n
-                logits_indices += range(base, base + n)
-                num_new.append(0)
-                known_anchor.append(-1)
-                sampled_rows.append(b)
-            base += n
-        if not logit_rows:  # only mid-prompt chunks: one logits row keeps every shape non-empty
-            logit_rows, logits_indices = [0], [0]
-        ctx = [s.start for s in seqs]
-        draft_length = max(c + n for c, n in zip(ctx, qlens))
-        max_pages = max(-(-draft_length // ps), max(len(s.block_table) for s in seqs), 1)
-        tables = [s.block_table + [-1] * (max_pages - len(s.block_table)) for s in seqs]
-        update_index, next_known = self._update_layout(seqs, qlens)
-        draft_rows = [b for b, s in enumerate(seqs) if out.draft and (not s.prefill or s.final_chunk)]
         states = [self.states[s.req_id] for s in seqs]
         num_verify = [s.num_verify for s in seqs]  # 0 for prefill rows
-        draft_ids = [(st.draft_ids[:n] + [0] * k)[:k] for st, n in zip(states, num_verify)]
+        toks = [s.token_ids if s.prefill else s.token_ids + st.draft_ids[: s.num_verify] for s, st in zip(seqs, states)]
+        qlens = [len(t) for t in toks]
+        ctx = [s.start for s in seqs]
+        decode = np.fromiter((not s.prefill for s in seqs), dtype=bool, count=len(seqs))
+        sample_first = np.fromiter((s.prefill and s.sample_first for s in seqs), dtype=bool, count=len(seqs))
+        draft_length = max(c + n for c, n in zip(ctx, qlens))
+        max_pages = max(-(-draft_length // ps), max(len(s.block_table) for s in seqs), 1)
+        tables = ragged_to_padded([s.block_table for s in seqs], max_pages, -1)
+        lay = flat_layout(np.asarray(ctx, dtype=np.int64), np.asarray(qlens, dtype=np.int64), decode, sample_first,
+                          tables, ps, k)
+        num_new = [len(s.token_ids) if s.prefill else 0 for s in seqs]
+        known_anchor = [s.next_token if s.prefill and s.next_token is not None and s.final_chunk else -1 for s in seqs]
+        sampled_rows = [b for b, s in enumerate(seqs) if not s.prefill or s.sample_first]
+        update_index, next_known = self._update_layout(seqs, qlens)
+        draft_rows = [b for b, s in enumerate(seqs) if out.draft and (not s.prefill or s.final_chunk)]
+        draft_ids = ragged_to_padded([st.draft_ids[: min(n, k)] for st, n in zip(states, num_verify)], k, 0)
         forced = None
         if self.synthetic is not None:
             forced = [0 if s.prefill else self.synthetic.accepted(s.req_id, s.num_verify) for s in seqs]
-        qstart = np.concatenate([[0], np.cumsum(qlens)]).tolist()
+        ids = np.fromiter(itertools.chain.from_iterable(toks), dtype=np.int64, count=lay.positions.size)
         up = _Upload(dev)  # every integer of the plan in ONE host-to-device copy
-        fields = dict(ids=up.add(ids), pos=up.add(pos), slots=up.add(slots), qstart=up.add(qstart), ctx=up.add(ctx),
-                      tables=up.add(tables, max_pages), logits_indices=up.add(logits_indices),
+        fields = dict(ids=up.add(ids), pos=up.add(lay.positions), slots=up.add(lay.slots), qstart=up.add(lay.query_start),
+                      ctx=up.add(ctx), tables=up.add(tables), logits_indices=up.add(lay.logits_indices),
                       seeds=up.add([st.seed for st in states]), counters=up.add([s.rng_counter for s in seqs]),
-                      logit_rows=up.add(logit_rows), verify_logits=up.add(verify_logits, k + 1),
-                      draft_ids=up.add(draft_ids, k), num_verify=up.add(num_verify),
-                      update_index=up.add(update_index, update_index.shape[1]),
-                      next_known=up.add(next_known, next_known.shape[1]), num_new=up.add(num_new),
+                      logit_rows=up.add(lay.logit_rows), verify_logits=up.add(lay.verify_logits),
+                      draft_ids=up.add(draft_ids), num_verify=up.add(num_verify),
+                      update_index=up.add(update_index), next_known=up.add(next_known), num_new=up.add(num_new),
                       draft_index=up.add(draft_rows), known_anchor=up.add(known_anchor),
                       top_k=up.add([st.params.top_k for st in states]),
                       forced=up.add(forced if forced is not None else []))
@@ -250,30 +211,30 @@ class Runner:
         flat = torch.cat([p.double() for p in parts]).tolist()  # the one host sync of the step
         self.host_syncs += 1
         rows, k1 = result.out_ids.shape
-        out_ids, flat = flat[: rows * k1], flat[rows * k1:]
-        accepted, flat = [int(x) for x in flat[:rows]], flat[rows:]
-        results = {s.req_id: SeqResult(s.req_id, []) for s in plan.seqs}
+        num_ints = rows * k1 + rows + (len(plan.draft_rows) * self.num_drafts if prop is not None else 0)
+        ints = list(map(int, flat[:num_ints]))  # token ids and counts (exact in float64)
+        out_ids, accepted, ids, conf = ints[: rows * k1], ints[rows * k1: rows * k1 + rows], ints[rows * k1 + rows:], flat[num_ints:]
+        results = [SeqResult(s.req_id, []) for s in plan.seqs]
         for b in plan.sampled_rows:
-            res = results[plan.seqs[b].req_id]
+            res = results[b]
             res.num_accepted = accepted[b]  # 0 for a first token
-            res.committed = [int(x) for x in out_ids[b * k1: b * k1 + accepted[b] + 1]]
+            res.committed = out_ids[b * k1: b * k1 + accepted[b] + 1]
         if prop is not None:
             g = self.num_drafts
-            ids, conf = flat[: len(plan.draft_rows) * g], flat[len(plan.draft_rows) * g:]
             if self.synthetic is not None:  # the acceptance model's calibrated predictions replace the head's
                 conf = [c for row in self.synthetic.propose([plan.seqs[b].req_id for b in plan.draft_rows]) for c in row]
+            has_conf = prop.confidence is not None or self.synthetic is not None
+            probs = prop.draft_probs.unbind(0)  # one view per drafted row, in one call
             for i, b in enumerate(plan.draft_rows):
-                req_id = plan.seqs[b].req_id
-                st = self.states[req_id]
-                st.draft_ids = [int(x) for x in ids[i * g:(i + 1) * g]]
-                st.draft_probs = prop.draft_probs[i]
-                results[req_id].draft_ids = st.draft_ids
-                has_conf = prop.confidence is not None or self.synthetic is not None
-                results[req_id].confidences = conf[i * g:(i + 1) * g] if has_conf else None
-        for s in plan.seqs:
-            if not results[s.req_id].draft_ids:
+                st = self.states[plan.seqs[b].req_id]
+                st.draft_ids = ids[i * g:(i + 1) * g]
+                st.draft_probs = probs[i]
+                results[b].draft_ids = st.draft_ids
+                results[b].confidences = conf[i * g:(i + 1) * g] if has_conf else None
+        for s, res in zip(plan.seqs, results):
+            if not res.draft_ids:
                 self.states[s.req_id].draft_ids, self.states[s.req_id].draft_probs = [], None
-        return RunnerOutput([results[s.req_id] for s in plan.seqs])
+        return RunnerOutput(results)
 
 
 def HFRunner(target, drafter: Drafter | None, num_pages: int, page_size: int,  # noqa: N802 (a factory)

@@ -17,6 +17,8 @@ cache and releases finished requests.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import deque
 
 import numpy as np
@@ -27,6 +29,11 @@ from dspark.engine.options import EngineConfig
 from dspark.engine.request import Request, Status
 from dspark.engine.results import RoundRecord
 from dspark.scheduling.planner import Planner
+
+
+def survival_of(confidence: list[float]) -> list[float]:
+    """Prefix survival a_j = c_1 ··· c_j of one row, multiplied left to right in float64 (as np.cumprod)."""
+    return list(itertools.accumulate(map(float, confidence), operator.mul))
 
 
 def draw_stride(num_drafts: int) -> int:
@@ -47,6 +54,7 @@ class Scheduler:
         self.released: list[str] = []  # runner state to drop at the next step
         self.step_index = 0
         self.num_preemptions = 0
+        self._stop_sets: dict[str, tuple[object, frozenset[int]]] = {}  # req_id -> (its options, `_stops`)
 
     # ------------------------------------------------------------------------------ requests
     def add(self, req: Request) -> None:
@@ -69,6 +77,7 @@ class Scheduler:
 
     def _finish(self, req: Request, reason: str) -> None:
         req.status, req.finish_reason = Status.FINISHED, reason
+        self._stop_sets.pop(req.req_id, None)
         self.running.pop(req.req_id, None)
         self.blocks.release(req.pages)
         self.released.append(req.req_id)
@@ -121,7 +130,7 @@ class Scheduler:
                     break
             if req.req_id not in self.running:
                 continue
-            seqs.append(ScheduledSeq(req.req_id, req.num_computed, [req.all_ids[-1]], list(req.pages), req.rng_counter,
+            seqs.append(ScheduledSeq(req.req_id, req.num_computed, [req.last_token], list(req.pages), req.rng_counter,
                                      num_verify=ell))
             req.rng_counter += stride
             budget -= 1 + ell
@@ -192,24 +201,41 @@ class Scheduler:
             req.conditional = res.confidences if res.draft_ids else None
             if res.draft_ids:
                 conf = res.confidences if res.confidences is not None else [0.0] * len(res.draft_ids)
-                req.survival = np.cumprod(np.asarray(conf, dtype=np.float64)).tolist()
+                req.survival = survival_of(conf)
             else:
                 req.survival = None
-            if not req.finished:
+            if not req.finished and self.blocks.completes_pages(req.pages, req.num_tokens, req.num_computed,
+                                                                req.num_hashed_pages):
                 req.num_hashed_pages = self.blocks.register(req.pages, req.all_ids, req.num_computed, req.num_hashed_pages)
             if res.committed or req.finished:
                 touched.append(req)
         return touched
 
+    def _stops(self, req: Request) -> frozenset[int]:
+        """The tokens that end `req` (its stop_token_ids, and EOS unless ignore_eos), kept per request."""
+        cached = self._stop_sets.get(req.req_id)
+        if cached is not None and cached[0] is req.options:
+            return cached[1]
+        stops = frozenset(req.options.stop_token_ids) | (frozenset() if req.options.ignore_eos else frozenset(self.eos))
+        self._stop_sets[req.req_id] = (req.options, stops)
+        return stops
+
     def _append(self, req: Request, tokens: list[int]) -> int:
-        """Append committed tokens up to a stop condition; returns how many were kept."""
-        stops = set(req.options.stop_token_ids) | (set() if req.options.ignore_eos else self.eos)
-        for i, tok in enumerate(tokens):
-            req.output_ids.append(tok)
-            if tok in stops:
-                self._finish(req, "stop" if tok in req.options.stop_token_ids else "eos")
-                return i + 1
-            if self._room(req) <= 0:
-                self._finish(req, "length")
-                return i + 1
+        """Append committed tokens up to a stop condition; returns how many were kept.
+
+        Token i ends the request at a stop token, else when it leaves no room (each appended token takes
+        one from `_room`); a stop token wins over the length limit at the same token."""
+        stops = self._stops(req)
+        length_at = max(self._room(req) - 1, 0)  # the token after which no room is left
+        stop_at = next((i for i, tok in enumerate(tokens) if tok in stops), None) if stops else None
+        if stop_at is not None and stop_at <= length_at:
+            req.output_ids += tokens[: stop_at + 1]
+            tok = tokens[stop_at]
+            self._finish(req, "stop" if tok in req.options.stop_token_ids else "eos")
+            return stop_at + 1
+        if length_at < len(tokens):
+            req.output_ids += tokens[: length_at + 1]
+            self._finish(req, "length")
+            return length_at + 1
+        req.output_ids += tokens
         return len(tokens)

@@ -233,13 +233,18 @@ def _plan(
     elif policy.kind == "global":
         k = int(_throughput_path(values, num_rows, sps).argmax())
     else:  # dspark-async: capacity from the stale values (or given), ranking from the current ones
-        k = min(capacity if capacity is not None else _capacity(stale, num_rows, sps), values.size)
+        if capacity is None:  # stale may be `slots` itself (the gate's prediction): ranked once then
+            capacity = _capacity_of_ranked(values if stale is slots else _ranked(stale)[0], num_rows, sps)
+        k = min(capacity, values.size)
     return _lengths_from_top(rows, k, num_rows)
 
 
-def _capacity(stale_slots: np.ndarray, num_rows: int, sps: SPSTable) -> int:
-    stale_values, _ = _ranked(stale_slots)
+def _capacity_of_ranked(stale_values: np.ndarray, num_rows: int, sps: SPSTable) -> int:
     return int(_throughput_path(stale_values, num_rows, sps).argmax())
+
+
+def _capacity(stale_slots: np.ndarray, num_rows: int, sps: SPSTable) -> int:
+    return _capacity_of_ranked(_ranked(stale_slots)[0], num_rows, sps)
 
 
 def async_capacity(stale_survival: Array, sps: SPSTable, num_requests: int) -> int:
