@@ -4,7 +4,8 @@ On the CPU the Triton kernels run under Triton's interpreter (TRITON_INTERPRET=1
 Triton is first imported); the module is skipped where Triton is not installed. Covered: the block
 attention kernel against a dense masked SDPA over [gathered context ; own block], `qk_norm_rope`
 against the plain RMSNorm + rotary, and whole drafters (absorb into a private `RaggedKV` or into the
-engine's pages, then draft) fused against plain: float32 near-exact, identical greedy drafts.
+engine's pages, then draft) fused against plain: float32 near-exact, identical greedy drafts, and the
+engine's greedy output with a fused drafter == transformers, with the plain drafter's acceptances.
 `-m gpu` repeats the drafter comparison in bf16 at Qwen3-4B width and checks CUDA-graph capture.
 """
 
@@ -21,12 +22,15 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from conftest import tiny_drafter  # noqa: E402
+from engine_helpers import hf_greedy, taught_drafter, weak_bigram_target  # noqa: E402
 from dspark.drafters import DSparkDrafter  # noqa: E402
 from dspark.drafters.base import ContextUpdate  # noqa: E402
 from dspark.drafters.config import DrafterConfig  # noqa: E402
 from dspark.drafters.layers import RMSNorm, Rotary, apply_rotary  # noqa: E402
 from dspark.engine.draft_kv import PagedContextKV  # noqa: E402
 from dspark.engine.kv_cache import PagedKVCache  # noqa: E402
+from dspark.engine.llm import LLM  # noqa: E402
+from dspark.engine.options import SamplingOptions  # noqa: E402
 from dspark.kernels import block_attention  # noqa: E402
 from dspark.models.fused_ops import qk_norm_rope  # noqa: E402
 from dspark.sampling import SamplingParams, as_sampler  # noqa: E402
@@ -180,6 +184,25 @@ def test_fused_weights_stay_out_of_the_state_dict_and_follow_weight_updates(qwen
     assert rebuilt is not first
     torch.testing.assert_close(rebuilt.layers[0].qkv[: first.layers[0].qkv.shape[0] // 2],
                                other.layers[0].self_attn.q_proj.weight[: first.layers[0].qkv.shape[0] // 2])
+
+
+@pytest.mark.parametrize("method, kw", [("dspark", {"markov_head_type": "vanilla"}), ("dflash", {})])
+def test_engine_greedy_with_a_fused_drafter_matches_transformers(tmp_path, method, kw):
+    target, f = weak_bigram_target(tmp_path)
+    drafter = taught_drafter(target, f, method, kw)
+    prompts, budget = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4, 5, 6]], 14
+    oracle = [hf_greedy(target, p, budget) for p in prompts]
+    committed = {}
+    for fused in (False, True):
+        drafter.fused = fused
+        llm = LLM(target, drafter, page_size=4, max_num_seqs=2, max_num_batched_tokens=32)
+        ids = [llm.add_request(p, SamplingOptions(budget, temperature=0.0, ignore_eos=True)) for p in prompts]
+        while llm.has_unfinished():
+            llm.step()
+        results = [llm.result(i) for i in ids]
+        assert [r.token_ids for r in results] == oracle
+        committed[fused] = [[r.committed for r in res.rounds] for res in results]
+    assert committed[True] == committed[False]
 
 
 # -- GPU: bf16 at Qwen3-4B width, CUDA graphs ------------------------------------------------------

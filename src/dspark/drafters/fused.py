@@ -12,11 +12,13 @@ mask), o_proj, add + RMSNorm, one fused gate/up GEMM, SiLU·up (one kernel), dow
 projects the context features once (fc, RMSNorm) and then every layer's k/v in ONE GEMM, and writes
 each layer's normed, rotated k and its v straight into the pages (`fused_ops.qk_norm_rope_store`).
 
-The fused weights (`FusedWeights`) are concatenated copies of the trained ones, kept outside the
-module's state dict (checkpoints are unchanged); `fused_weights` rebuilds them whenever a source tensor
-changed (another tensor, or an in-place update), so they never go stale. Nothing here reads the device
-on the host: the launch shapes come from tensor shapes and the context's host bound `max_length`, so
-the path captures in a CUDA graph. Triton is imported here, so this module loads only on demand.
+The fused weights (`FusedWeights`) are concatenated copies of the trained ones (about the size of the
+layers' projections again), kept outside the module's state dict (checkpoints are unchanged);
+`fused_weights` rebuilds them whenever a source tensor changed (another tensor, or an in-place
+update), so eager calls never see stale copies (a captured CUDA graph replays the copies it was
+captured with: recapture after changing weights). Nothing here reads the device on the host: the
+launch shapes come from tensor shapes and the context's host bound `max_length`, so the path captures
+in a CUDA graph. Triton is imported here, so this module loads only on demand.
 """
 
 from __future__ import annotations
