@@ -31,9 +31,10 @@ from dspark.engine.draft_kv import PagedContextKV  # noqa: E402
 from dspark.engine.kv_cache import PagedKVCache  # noqa: E402
 from dspark.engine.llm import LLM  # noqa: E402
 from dspark.engine.options import SamplingOptions  # noqa: E402
+from dspark.engine.row_sampler import RowSampler  # noqa: E402
 from dspark.kernels import block_attention  # noqa: E402
 from dspark.models.fused_ops import qk_norm_rope  # noqa: E402
-from dspark.sampling import SamplingParams, as_sampler  # noqa: E402
+from dspark.sampling import RowParams, SamplingParams, as_sampler  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
 
@@ -240,12 +241,17 @@ def test_gpu_fused_bf16_matches_plain_and_captures():
     assert (h_f.float() - h_p.float()).abs().max() < 0.05 * h_p.float().abs().max()
     assert (p_f.draft_ids == p_p.draft_ids).float().mean() > 0.9  # bf16: a near-tie may flip
     state = drafter.state_for(PagedContextKV(cache, tables, torch.tensor(ctx, device="cuda"), 1024))
-    sampler = as_sampler(SamplingParams(temperature=0))
+    params = RowParams.from_list([SamplingParams(1.0, 0, 1.0)] * rows, "cuda")  # the engine's sampler, T = 1
+
+    def draft():
+        sampler = RowSampler(params, torch.arange(rows, device="cuda"), torch.zeros(rows, dtype=torch.long, device="cuda"))
+        return drafter.draft(state, None, anchor, sampler)
+
     with torch.no_grad():
-        eager = drafter.draft(state, None, anchor, sampler)
+        eager = draft()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static = drafter.draft(state, None, anchor, sampler)
+            static = draft()
         graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static.draft_ids, eager.draft_ids)
