@@ -16,7 +16,9 @@ and Qwen3-8B shapes, no downloads):
   measured in the same run (2 GiB device copy; 8192³ bf16 GEMM).
 * the DSpark drafter's proposal (`drafter.draft`: backbone over the block, Markov head's γ-step loop,
   confidence head, sampling with exact probabilities; 5 layers, rank 256, γ = 7, vocab 151,936) on the
-  4B shape, eager and captured in a CUDA graph, as a share of the 4B decode step at the same batch.
+  4B shape, eager and captured in a CUDA graph, as a share of the 4B decode step at the same batch,
+  and its `absorb_flat` of γ+1 tokens a row (graphed), on the fused and the plain path
+  (`--drafter-path fused|plain|both`; both: side by side, the second checked against the first).
 Prints a table, then ONE JSON line (also written to DIR/bench_engine.json with --out).
 `--sps-plot PATH` also draws the measured steps as SPS tables (per model: decode and verify-q curves per
 context, the drafter's proposal as the 4B verify8 table's draft cost) next to the analytic roofline
@@ -131,8 +133,8 @@ def fill_random(cache: PagedKVCache) -> None:
             t.normal_()
 
 
-def graph_ms(fn, reps: int, warmup: int) -> float:
-    """Capture `fn` in a CUDA graph (after a warm-up call on a side stream) and time its replays."""
+def capture(fn):
+    """(CUDA graph of `fn`, its static output), after a warm-up call on a side stream."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -140,8 +142,13 @@ def graph_ms(fn, reps: int, warmup: int) -> float:
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
-    return events_median(graph.replay, reps, warmup)
+        out = fn()
+    return graph, out
+
+
+def graph_ms(fn, reps: int, warmup: int) -> float:
+    """Capture `fn` in a CUDA graph and time its replays."""
+    return events_median(capture(fn)[0].replay, reps, warmup)
 
 
 def gemm_only_ms(model: DenseLM, n: int, reps: int, warmup: int) -> float:
@@ -273,7 +280,8 @@ class SoftmaxArgmaxSampler:
 
 
 def bench_drafter(args, gen: torch.Generator) -> list[dict]:
-    """`drafter.draft` for the 4B shape, eager and CUDA-graphed, at context 1,024 (or the smallest asked)."""
+    """`drafter.draft` (and `absorb_flat` of γ+1 tokens a row) for the 4B shape, eager and CUDA-graphed, at
+    context 1,024 (or the smallest asked), on the drafter's fused and / or plain path (`--drafter-path`)."""
     cfg = drafter_config()
     torch.manual_seed(1)
     torch.set_default_dtype(torch.bfloat16)
@@ -283,62 +291,75 @@ def bench_drafter(args, gen: torch.Generator) -> list[dict]:
     finally:
         torch.set_default_dtype(torch.float32)
     drafter = drafter.eval().requires_grad_(False)
+    paths = ["fused", "plain"] if args.drafter_path == "both" else [args.drafter_path]
     ctx = min(args.contexts)
     rows = []
     for b in args.drafter_batches:
-        row = dict(case="drafter.draft", batch=b, context=ctx)
-        t0 = time.time()
-        try:
-            per_seq = -(-(ctx + GAMMA + 1) // PAGE)
-            num_pages = b * per_seq + 1
-            cache = PagedKVCache(cfg.num_hidden_layers, num_pages, PAGE, cfg.num_key_value_heads, cfg.head_dim,
-                                 torch.bfloat16, "cuda")
-            fill_random(cache)
-            tables = (torch.randperm(num_pages - 1, generator=gen) + 1).view(b, per_seq).to(torch.int32).cuda()
-            lengths = torch.full((b,), ctx, dtype=torch.long, device="cuda")
-            anchors = torch.randint(0, cfg.vocab_size, (b,), generator=gen).cuda()
-            params = RowParams.from_list([SamplingParams(1.0, 0, 1.0)] * b, "cuda")
-            seeds = torch.arange(b, device="cuda")
-            counters = torch.zeros(b, dtype=torch.long, device="cuda")
+        per_seq = -(-(ctx + GAMMA + 1) // PAGE)
+        num_pages = b * per_seq + 1
+        cache = PagedKVCache(cfg.num_hidden_layers, num_pages, PAGE, cfg.num_key_value_heads, cfg.head_dim,
+                             torch.bfloat16, "cuda")
+        fill_random(cache)
+        tables = (torch.randperm(num_pages - 1, generator=gen) + 1).view(b, per_seq).to(torch.int32).cuda()
+        lengths = torch.full((b,), ctx, dtype=torch.long, device="cuda")
+        anchors = torch.randint(0, cfg.vocab_size, (b,), generator=gen).cuda()
+        params = RowParams.from_list([SamplingParams(1.0, 0, 1.0)] * b, "cuda")
+        seeds = torch.arange(b, device="cuda")
+        counters = torch.zeros(b, dtype=torch.long, device="cuda")
+        # absorb: the γ+1 positions a row commits after a fully accepted verify, at ctx - γ - 1 .. ctx - 1
+        new = GAMMA + 1
+        features = torch.randn(b * new, len(cfg.target_layer_ids) * cfg.hidden_size, device="cuda",
+                               dtype=torch.bfloat16)
+        positions = (ctx - new + torch.arange(new, device="cuda")).repeat(b)
+        table_rows = tables.long().repeat_interleave(new, 0)
+        slots = table_rows.gather(1, (positions // PAGE)[:, None])[:, 0] * PAGE + positions % PAGE
+        reference = None
+        for path in paths:
+            drafter.fused = path == "fused"
+            row = dict(case="drafter.draft", path=path, batch=b, context=ctx)
+            t0 = time.time()
+            try:
+                def draft():
+                    state = drafter.state_for(PagedContextKV(cache, tables, lengths, ctx))
+                    return drafter.draft(state, None, anchors, RowSampler(params, seeds, counters))
 
-            def draft():
-                state = drafter.state_for(PagedContextKV(cache, tables, lengths, ctx))
-                return drafter.draft(state, None, anchors, RowSampler(params, seeds, counters))
+                def absorb():
+                    drafter.absorb_flat(cache, features, positions, slots)
 
-            with torch.no_grad():
-                eager = draft()
-                row["eager_ms"] = events_median(draft, args.reps, args.warmup)
-                try:
-                    side = torch.cuda.Stream()
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        draft()
-                    torch.cuda.current_stream().wait_stream(side)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        static = draft()
-                    graph.replay()
-                    torch.cuda.synchronize()
-                    row["graph_same_ids"] = bool(torch.equal(static.draft_ids, eager.draft_ids))
-                    row["err_probs_graph_vs_eager"] = rel_err(static.draft_probs, eager.draft_probs)
-                    row["graph_ms"] = events_median(graph.replay, args.reps, args.warmup)
-                    del graph, static
+                with torch.no_grad():
+                    eager = draft()
+                    if reference is None:
+                        reference = eager
+                    else:  # the other path on the same inputs (T = 1 draws: ids agree until a near-tie flips)
+                        row[f"same_ids_vs_{paths[0]}"] = (eager.draft_ids == reference.draft_ids).float().mean().item()
+                        row[f"err_probs_vs_{paths[0]}"] = rel_err(eager.draft_probs, reference.draft_probs)
+                    row["eager_ms"] = events_median(draft, args.reps, args.warmup)
+                    try:
+                        graph, static = capture(draft)
+                        graph.replay()
+                        torch.cuda.synchronize()
+                        row["graph_same_ids"] = bool(torch.equal(static.draft_ids, eager.draft_ids))
+                        row["err_probs_graph_vs_eager"] = rel_err(static.draft_probs, eager.draft_probs)
+                        row["graph_ms"] = events_median(graph.replay, args.reps, args.warmup)
+                        del graph, static
 
-                    def network_only():
-                        state = drafter.state_for(PagedContextKV(cache, tables, lengths, ctx))
-                        return drafter.draft(state, None, anchors, SoftmaxArgmaxSampler())
+                        def network_only():
+                            state = drafter.state_for(PagedContextKV(cache, tables, lengths, ctx))
+                            return drafter.draft(state, None, anchors, SoftmaxArgmaxSampler())
 
-                    row["graph_ms_softmax_argmax"] = graph_ms(network_only, args.reps, args.warmup)
-                except Exception as exc:
-                    row["graph_error"] = f"{type(exc).__name__}: {exc}"
-                    log(traceback.format_exc())
-            del cache, eager
-        except Exception as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}"
-            log(traceback.format_exc())
-        row["seconds"] = time.time() - t0
-        log(json.dumps(row))
-        rows.append(row)
+                        row["graph_ms_softmax_argmax"] = graph_ms(network_only, args.reps, args.warmup)
+                        row["absorb_graph_ms"] = graph_ms(absorb, args.reps, args.warmup)
+                    except Exception as exc:
+                        row["graph_error"] = f"{type(exc).__name__}: {exc}"
+                        log(traceback.format_exc())
+                del eager
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                log(traceback.format_exc())
+            row["seconds"] = time.time() - t0
+            log(json.dumps(row))
+            rows.append(row)
+        del cache, reference
         torch.cuda.empty_cache()
     del drafter
     torch.cuda.empty_cache()
@@ -359,18 +380,19 @@ def print_table(rows: list[dict], drafts: list[dict], bandwidth: float, flops_ra
               f"{r['err_graph_vs_eager']:>9.1e}{r.get('err_vs_reference', float('nan')):>9.1e}")
     decode = {(r["batch"], r["context"]): r["step_ms"] for r in rows
               if r.get("model") == "qwen3-4b" and r["case"] == "decode" and "step_ms" in r}
-    print("\nDSpark drafter.draft, qwen3-4b shape (5 layers, rank 256, γ=7, V=151936), T=1; share of the 4B decode step")
-    print(f"{'B':>4}{'ctx':>6}{'eager ms':>10}{'graph ms':>10}{'4B step':>9}{'share(graph)':>14}{'share(eager)':>14}"
-          f"{'graph, softmax+argmax sampler':>31}")
+    print("\nDSpark drafter.draft, qwen3-4b shape (5 layers, rank 256, γ=7, V=151936), T=1; share of the 4B decode step;"
+          " absorb = absorb_flat of γ+1 tokens a row, graphed")
+    print(f"{'path':<6}{'B':>4}{'ctx':>6}{'eager ms':>10}{'graph ms':>10}{'4B step':>9}{'share(graph)':>14}"
+          f"{'share(eager)':>14}{'graph, softmax+argmax sampler':>31}{'absorb ms':>11}")
     for r in drafts:
         step = decode.get((r["batch"], r["context"]))
         g, e = r.get("graph_ms"), r.get("eager_ms")
         share = lambda x: f"{x / step:.0%}" if (x is not None and step) else "-"  # noqa: E731
-        print(f"{r['batch']:>4}{r['context']:>6}{e if e is not None else float('nan'):>10.3f}"
+        print(f"{r.get('path', '-'):<6}{r['batch']:>4}{r['context']:>6}{e if e is not None else float('nan'):>10.3f}"
               f"{g if g is not None else float('nan'):>10.3f}{step if step else float('nan'):>9.3f}"
               f"{share(g):>14}{share(e):>14}"
               f"{r.get('graph_ms_softmax_argmax', float('nan')):>23.3f} ms {share(r.get('graph_ms_softmax_argmax')):>5}"
-              f"  {r.get('error', r.get('graph_error', ''))[:60]}")
+              f"{r.get('absorb_graph_ms', float('nan')):>11.3f}  {r.get('error', r.get('graph_error', ''))[:60]}")
 
 
 def sps_tables(rows: list[dict], drafts: list[dict], model: str) -> dict:
@@ -388,7 +410,7 @@ def sps_tables(rows: list[dict], drafts: list[dict], model: str) -> dict:
 
     mine = [r for r in rows if r.get("model") == model and "step_ms" in r]
     draft = {}
-    for r in drafts:
+    for r in sorted(drafts, key=lambda r: r.get("path") == "fused"):  # the fused path's time wins where both ran
         ms = r.get("graph_ms", r.get("eager_ms"))
         if ms is not None:
             draft.setdefault(r["context"], {})[r["batch"]] = ms * 1e-3
@@ -441,6 +463,8 @@ def main() -> None:
     ap.add_argument("--verify", type=ints, default=[4, 8])
     ap.add_argument("--verify-batches", type=ints, default=[1, 8, 32])
     ap.add_argument("--drafter-batches", type=ints, default=[1, 8, 32])
+    ap.add_argument("--drafter-path", choices=["fused", "plain", "both"], default="both",
+                    help="the drafter's inference path(s) to time (fused Triton kernels, plain PyTorch modules)")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-diagnostics", dest="diagnostics", action="store_false")
@@ -480,7 +504,7 @@ def main() -> None:
     result = {"bench": "engine_target_step", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(), "copy_bandwidth_Bps": bandwidth,
               "bf16_matmul_flops": flops_rate, "page_size": PAGE, "gamma": GAMMA, "seconds": time.time() - t0,
-              "graphed": "target: whole forward incl. LM head, features; drafter: drafter.draft (absorb not timed)",
+              "graphed": "target: whole forward incl. LM head, features; drafter: drafter.draft and absorb_flat (separately)",
               "config": vars(args), "target": rows, "drafter": drafts, "diagnostics": diag,
               "sps_plots": plots}
     line = json.dumps(result)

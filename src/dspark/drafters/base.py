@@ -96,6 +96,10 @@ class ContextKV(Protocol):
 
     def view(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
+    def pages(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v caches `[num_pages, page_size, Hkv, D]` and block tables `[R, P]` (what paged kernels read)."""
+        ...
+
     def valid_mask(self) -> torch.Tensor: ...
 
 
@@ -104,7 +108,13 @@ class DrafterState(Protocol):
 
 
 class SlotWriter(Protocol):
-    """A paged K/V store (`dspark.engine.kv_cache.PagedKVCache`): k, v [N, Hkv, D] at flat slots [N] (< 0: dropped)."""
+    """A paged K/V store (`dspark.engine.kv_cache.PagedKVCache`): k, v [N, Hkv, D] at flat slots [N] (< 0: dropped).
+
+    `k[layer]`, `v[layer]` are its pages `[num_pages, page_size, Hkv, D]` (fused kernels write them directly).
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
 

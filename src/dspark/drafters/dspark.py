@@ -7,14 +7,17 @@ positions); block slots see all context before the anchor and, bidirectionally, 
 DSpark adds the sequential head (left-to-right bias from the previously sampled token) and the
 confidence head. DFlash is the same class with both heads off.
 
-Inference keeps each layer's context K/V in a `RaggedKV` and appends the newly verified positions per
-round; the block's own K/V are never stored.
+Inference keeps each layer's context K/V in a `RaggedKV` (or the engine's pages) and appends the newly
+verified positions per round; the block's own K/V are never stored. Inference (`absorb`, `absorb_flat`,
+`block_hidden`, hence `draft`) runs the fused path of `dspark.drafters.fused` on CUDA with Triton, or
+wherever ``fused=True`` forces it; training and `score_block` always run the plain modules (the reference).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -28,6 +31,9 @@ from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
 from dspark.sampling import Sampler, SamplingParams, as_sampler
 
+if TYPE_CHECKING:
+    from dspark.drafters.fused import FusedWeights
+
 
 @dataclass
 class DSparkState:
@@ -35,9 +41,12 @@ class DSparkState:
 
 
 class DSparkDrafter(nn.Module):
-    def __init__(self, config: DrafterConfig) -> None:
+    def __init__(self, config: DrafterConfig, fused: bool | None = None) -> None:
+        """`fused` None: the fused inference path on CUDA with Triton only; True / False force it on / off."""
         super().__init__()
         self.config = config
+        self.fused = fused
+        self._fused_weights: FusedWeights | None = None  # built on first fused use, outside the state dict
         d, n = config.hidden_size, len(config.target_layer_ids)
         self.embed_tokens = nn.Embedding(config.vocab_size, d)
         self.layers = nn.ModuleList([DecoderLayer(config) for _ in range(config.num_hidden_layers)])
@@ -111,6 +120,28 @@ class DSparkDrafter(nn.Module):
         return BlockScores(hidden, base, logits, self.confidence_logits(hidden, prev_ids))
 
     # -- inference --------------------------------------------------------------------------------
+    def uses_fused_path(self) -> bool:
+        if self.fused is not None:
+            return self.fused
+        from dspark.models.dense import fused_available  # lazy: dense imports this package
+
+        return fused_available(self.lm_head.weight.device)
+
+    def prepare_inference(self) -> FusedWeights:
+        """(Re)build the fused QKV / gate-up / context-k|v weights now (else done on first use, and again
+        whenever a source weight changes); the state dict is unchanged."""
+        from dspark.drafters import fused  # lazy: imports Triton
+
+        self._fused_weights = fused.build_fused_weights(self)
+        return self._fused_weights
+
+    def _fused(self) -> tuple[ModuleType, FusedWeights]:
+        """`dspark.drafters.fused` and the current fused weights."""
+        from dspark.drafters import fused
+
+        self._fused_weights = fused.fused_weights(self, self._fused_weights)
+        return fused, self._fused_weights
+
     @property
     def context_layers(self) -> int:
         return self.config.num_hidden_layers
@@ -127,12 +158,20 @@ class DSparkDrafter(nn.Module):
     def absorb(self, state: DSparkState, update: ContextUpdate) -> None:
         """Append the context K/V of newly verified positions."""
         pos, _ = state.kv.write_positions(update.num_new, update.features.shape[1])
-        kv = self.context_kv(update.features, pos)
+        if self.uses_fused_path():
+            fused, weights = self._fused()
+            kv = fused.context_kv(self, weights, update.features, pos)
+        else:
+            kv = self.context_kv(update.features, pos)
         state.kv.append([k for k, _ in kv], [v for _, v in kv], update.num_new)
 
     def absorb_flat(self, cache: SlotWriter, features: torch.Tensor, positions: torch.Tensor,
                     slot_mapping: torch.Tensor) -> None:
         """The engine's absorb: features [N, n·d] at positions [N] -> context K/V stored at slot_mapping [N]."""
+        if self.uses_fused_path():
+            fused, weights = self._fused()
+            fused.absorb_flat(self, weights, cache.k, cache.v, features, positions, slot_mapping)
+            return
         kv = self.context_kv(features.unsqueeze(0), positions.unsqueeze(0))
         for layer, (k, v) in enumerate(kv):
             cache.write(layer, slot_mapping, k[0], v[0])
@@ -141,6 +180,9 @@ class DSparkDrafter(nn.Module):
         """Backbone output [R, γ, d] for a block right after each row's cached context."""
         g, kv = self.config.block_size, state.kv
         blk_pos = kv.length.unsqueeze(1) + torch.arange(g, device=anchor_ids.device).unsqueeze(0)
+        if self.uses_fused_path():
+            fused, weights = self._fused()
+            return fused.block_hidden(self, weights, self.block_inputs(anchor_ids), blk_pos, kv)
         mask = torch.cat([kv.valid_mask().unsqueeze(1).expand(-1, g, -1),
                           torch.ones(anchor_ids.shape[0], g, g, dtype=torch.bool, device=anchor_ids.device)], dim=2)
         return self.backbone(self.block_inputs(anchor_ids), blk_pos, [kv.view(i) for i in range(len(self.layers))], mask)

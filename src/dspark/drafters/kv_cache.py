@@ -55,6 +55,12 @@ class RaggedKV:
         n = self.max_length
         return self.k[layer][:, :n], self.v[layer][:, :n]
 
+    def pages(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The storage seen as a paged cache (`dspark.kernels.block_attention`): row r is page r of
+        `capacity` slots, so k, v `[R, capacity, Hkv, D]` and block tables `[R, 1]` = r."""
+        rows = torch.arange(self.length.shape[0], device=self.length.device, dtype=torch.int32)
+        return self.k[layer], self.v[layer], rows.unsqueeze(1)
+
     def valid_mask(self) -> torch.Tensor:
         """[R, Lmax] True where a row has an entry."""
         return torch.arange(self.max_length, device=self.length.device).unsqueeze(0) < self.length.unsqueeze(1)

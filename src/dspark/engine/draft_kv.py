@@ -1,7 +1,7 @@
 """`PagedContextKV`: a drafter's context K/V seen through the engine's block tables.
 
-Drafters read and extend their context caches through five members (`length`, `max_length`,
-`write_positions`, `append`, `view`, `valid_mask`), which `dspark.drafters.kv_cache.RaggedKV` provides
+Drafters read and extend their context caches through these members (`length`, `max_length`,
+`write_positions`, `append`, `view`, `pages`, `valid_mask`), which `dspark.drafters.kv_cache.RaggedKV` provides
 for a private per-row cache. This class provides the same members over the rows of one engine step,
 stored in the drafter's `PagedKVCache` at the slots of each request's pages (the target's pages), so
 preemption, abort and prefix reuse keep drafter and target consistent by construction.
@@ -53,6 +53,10 @@ class PagedContextKV:
         k, v = self.cache.gather(layer, self.block_tables, self.max_length)
         invalid = ~self.valid_mask()[:, :, None, None]
         return k.masked_fill(invalid, 0), v.masked_fill(invalid, 0)
+
+    def pages(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's pages and the rows' block tables: k, v `[num_pages, page_size, Hkv, D]`, tables `[R, P]`."""
+        return self.cache.k[layer], self.cache.v[layer], self.block_tables
 
     def valid_mask(self) -> torch.Tensor:
         """[R, max_length] True where a row has an entry."""

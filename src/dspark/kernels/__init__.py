@@ -1,4 +1,5 @@
-"""Triton kernels for the fast GPU runner: KV stores and paged attention over the engine's block tables.
+"""Triton kernels for the fast GPU runner: KV stores, paged attention over the engine's block tables, and the
+drafter's block attention (paged context plus the block's own K/V).
 
 Triton is optional (the ``[gpu]`` extra): without it this package imports, ``HAS_TRITON`` is False and
 the names below are absent, so callers fall back to the plain PyTorch path
@@ -14,9 +15,10 @@ except ImportError:  # CPU-only installs
     HAS_TRITON = False
 else:
     HAS_TRITON = True
+    from dspark.kernels.block_attention import block_attention
     from dspark.kernels.paged_attention import (AttentionPlan, paged_attention, paged_attention_with_plan,
                                                 paged_decode_attention, paged_extend_attention, plan_attention)
     from dspark.kernels.store_kv import store_kv
 
-__all__ = ["HAS_TRITON", "AttentionPlan", "paged_attention", "paged_attention_with_plan", "paged_decode_attention",
-           "paged_extend_attention", "plan_attention", "store_kv"]
+__all__ = ["HAS_TRITON", "AttentionPlan", "block_attention", "paged_attention", "paged_attention_with_plan",
+           "paged_decode_attention", "paged_extend_attention", "plan_attention", "store_kv"]

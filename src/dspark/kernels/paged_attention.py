@@ -144,12 +144,7 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     num_seqs = context_lens.shape[0]
     group = num_heads // num_kv_heads
     split = plan.num_splits > 1
-    if split:
-        part = torch.empty((num_tokens, num_heads, plan.num_splits, head_dim), dtype=torch.float32, device=q.device)
-        lse = torch.empty((num_tokens, num_heads, plan.num_splits), dtype=torch.float32, device=q.device)
-        dst, o_strides, l_strides = part, part.stride()[:3], lse.stride()[:2]
-    else:
-        lse, dst, o_strides, l_strides = out, out, (*out.stride()[:2], 0), (0, 0)
+    dst, lse, o_strides, l_strides = split_outputs(out, plan.num_splits)
     grid = (num_seqs * plan.num_q_tiles, num_kv_heads, plan.num_splits)
     upcast = q.dtype == torch.bfloat16 and _INTERPRETED
     _paged_attn_kernel[grid](
@@ -166,13 +161,34 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if split:
-        block_s = triton.next_power_of_2(plan.num_splits)
-        block_h = min(triton.next_power_of_2(num_heads), max(1, COMBINE_TILE // (block_s * plan.block_d)))
-        _combine_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
-            part, lse, out, *part.stride()[:3], *lse.stride()[:2], *out.stride()[:2], num_heads, plan.num_splits,
-            HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=plan.block_d, num_warps=4,
-        )
+        combine_splits(dst, lse, out, plan.block_d)
     return out
+
+
+def split_outputs(out: torch.Tensor, num_splits: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int], tuple[int, int]]:
+    """Where a split-K kernel writes for `out` [N, H, D]: (outputs, lse, output strides (n, h, split), lse strides).
+
+    One split: `out` itself (the lse argument is unused). Several: float32 partials [N, H, S, D] and
+    their log2-sum-exp [N, H, S], merged into `out` afterwards by `combine_splits`.
+    """
+    if num_splits == 1:
+        return out, out, (*out.stride()[:2], 0), (0, 0)
+    n, h, d = out.shape
+    part = torch.empty((n, h, num_splits, d), dtype=torch.float32, device=out.device)
+    lse = torch.empty((n, h, num_splits), dtype=torch.float32, device=out.device)
+    return part, lse, part.stride()[:3], lse.stride()[:2]
+
+
+def combine_splits(part: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, block_d: int) -> None:
+    """Merge split-K partials [N, H, S, D] (with their lse [N, H, S]) into out [N, H, D]."""
+    num_tokens, num_heads, num_splits, head_dim = part.shape
+    block_s = triton.next_power_of_2(num_splits)
+    block_h = min(triton.next_power_of_2(num_heads), max(1, COMBINE_TILE // (block_s * block_d)))
+    _combine_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
+        part, lse, out, *part.stride()[:3], *lse.stride()[:2], *out.stride()[:2], num_heads, num_splits,
+        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
+    )
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, num_kv_heads: int,

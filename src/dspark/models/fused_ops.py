@@ -1,13 +1,16 @@
 """Fused element-wise Triton kernels of the dense forward's GPU path: residual+RMSNorm, q/k norm+rotary+KV store, SiLU·up.
 
-Where it sits: `dspark.models.dense.DenseLM` calls these between its GEMMs when it runs the fused path
-(on CUDA, or forced for interpreter tests); each replaces several PyTorch launches by one:
+Where it sits: `dspark.models.dense.DenseLM` and the drafter's fused path (`dspark.drafters.fused`) call
+these between their GEMMs (on CUDA, or forced for interpreter tests); each replaces several PyTorch
+launches by one:
 
 * `add_rms_norm(delta, residual, weight, eps)` -> (residual + delta, RMSNorm(residual + delta)), out of place
   (`delta=None`: the plain RMSNorm of the first layer);
 * `qk_norm_rope_store(qkv, cos, sin, ...)` splits a fused QKV row, applies the per-head q/k RMSNorm
   (Qwen3), rotate-half rotary, writes q to a new ``[N, H, D]`` tensor and k, v straight into the paged
   cache at ``slot_mapping`` (slots < 0 are graph padding: skipped, like `dspark.kernels.store_kv`);
+  `qk_norm_rope(qkv, ...)` is the same kernel returning k, v as new ``[N, Hkv, D]`` tensors instead
+  (the drafter's block, whose own K/V are never stored);
 * `silu_mul(gate_up)` -> ``silu(gate) * up`` of a fused gate/up projection.
 
 Rounding follows the PyTorch reference op by op (every intermediate that the reference stores in the
@@ -141,6 +144,22 @@ def qk_norm_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
         eps, NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HALF=half,
         BLOCK_HALF=triton.next_power_of_2(half), PAGE_SIZE=k_cache.shape[1], QK_NORM=norm, num_warps=1)
     return q
+
+
+def qk_norm_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_weight: torch.Tensor | None,
+                 k_weight: torch.Tensor | None, eps: float, num_heads: int, num_kv_heads: int, head_dim: int,
+                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`qk_norm_rope_store` into fresh tensors: qkv [N, (H + 2·Hkv)·D] -> q [N, H, D], k, v [N, Hkv, D].
+
+    The output k / v are a "cache" of N pages of one slot each, written at slots `rows` = arange(N)
+    (pass it to reuse one across calls; None makes it here).
+    """
+    n = qkv.shape[0]
+    k = torch.empty((n, 1, num_kv_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    v = torch.empty_like(k)
+    slots = torch.arange(n, device=qkv.device) if rows is None else rows
+    q = qk_norm_rope_store(qkv, cos, sin, q_weight, k_weight, eps, num_heads, num_kv_heads, head_dim, k, v, slots)
+    return q, k.view(n, num_kv_heads, head_dim), v.view(n, num_kv_heads, head_dim)
 
 
 @triton.jit
