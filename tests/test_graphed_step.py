@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from engine_helpers import taught_drafter, weak_bigram_target
-from dspark.engine.graphed_step import GraphedStep
+from dspark.engine.graphed_step import GraphedStep, StepKey
 from dspark.engine.graphed_target import GraphedDenseTarget
 from dspark.engine.llm import LLM
 from dspark.engine.options import SamplingOptions
@@ -90,3 +90,25 @@ def test_graphed_step_equals_eager(target_and_map, method, kw, policy):
     gamma = drafter.config.num_drafts if drafter is not None else 0
     assert any(key.target.max_query_len > gamma + 1 for key in step.graphs)  # chunk graphs
     assert any(0 < key.target.num_logits < key.target.num_tokens for key in step.graphs)  # fewer logits rows
+
+
+@pytest.mark.parametrize("num_rows", [1, 3, 4, 7])
+def test_siblings_cover_every_verify_length_mix(target_and_map, num_rows):
+    """Rows verifying 0 .. γ drafts each: every token count maps to the first key or one of its siblings
+    (both paddings: on the ladder without the dummy sequence, off it with one), so a policy that varies
+    the lengths (`dspark-async`) never captures mid-run."""
+    target, f = target_and_map
+    drafter = taught_drafter(target, f, "dspark", {"markov_head_type": "vanilla"})
+    gamma = drafter.config.num_drafts
+    runner = graphed_runner(target, drafter, 64, 4, 8)
+    step, backend = runner.step, runner.step.target
+    layers = list(drafter.config.target_layer_ids)
+
+    def key(tokens: int) -> StepKey:
+        tkey = backend.graph_key(tokens, num_rows, gamma + 1, 20, 1, layers)
+        return StepKey(tkey, 0, False, False, True, False, 64, 0)
+
+    first = key(num_rows * (gamma + 1))
+    family = {first, *step.siblings(first, num_rows)}
+    for tokens in range(num_rows, num_rows * (gamma + 1) + 1):
+        assert key(tokens) in family, tokens

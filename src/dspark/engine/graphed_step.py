@@ -168,6 +168,7 @@ class GraphedStep:
         self.max_seqs = next((x for x in sizes if x >= need), sizes[-1])
         self.replay_eagerly = target.replay_eagerly
         self.graphs: dict[StepKey, _Captured] = {}
+        self._sibling_families: set[tuple[StepKey, int]] = set()  # (key without its shape, rows): siblings captured
         self._buffers: _PlanBuffers | None = None
         self._raw = _RawForward(target)
         self.num_graph_steps = self.num_eager_steps = 0
@@ -184,7 +185,7 @@ class GraphedStep:
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.capture(key)
-            self.capture_siblings(key)
+        self.capture_siblings(key, len(plan.seqs))
         self.target.static_buffers().fill(key.target, plan.batch)
         self._buffers.fill(key, plan)
         if entry.graph is not None:
@@ -249,23 +250,35 @@ class GraphedStep:
         self.graphs[key] = entry
         return entry
 
-    def siblings(self, key: StepKey) -> list[StepKey]:
-        """The other token counts a verify step of the same padded sequences can take (ℓ varies per row):
-        captured with the first, so that a policy choosing varying lengths does not capture mid-run."""
+    def siblings(self, key: StepKey, num_rows: int) -> list[StepKey]:
+        """Every key a verify step of `num_rows` rows can take when its rows verify 0 .. γ drafts each: the
+        token count varies, and with it whether a padding sequence is added (a count off the ladder is
+        padded up, with the dummy sequence; one on it is not), so both sequence paddings are listed.
+        Captured with the first such step, so that a policy choosing varying lengths (`dspark-async`)
+        does not capture graphs mid-run."""
         t = key.target
-        if t.max_query_len != self.gamma + 1 or self.gamma == 0:
+        if t.max_query_len != self.gamma + 1 or self.gamma == 0 or num_rows < 1:
             return []
-        low, high = t.num_seqs - 1, (t.num_seqs - 1) * (self.gamma + 1)  # every row verifies 0 .. γ drafts
-        out = []
+        out: dict[GraphKey, None] = {}
         for n in self.target.sizes:
-            if low <= n <= high and n != t.num_tokens:
-                sib = dataclasses.replace(t, num_tokens=n, num_logits=0)
-                if self.target.graph_key(n, t.num_seqs - 1, t.max_query_len, 0, 1, self.layer_ids) is not None:
-                    out.append(dataclasses.replace(key, target=sib))
-        return out
+            for tokens in (n, n - 1):  # exactly on the ladder size, or padded up to it
+                if not num_rows <= tokens <= num_rows * (self.gamma + 1):
+                    continue
+                sib = self.target.graph_key(tokens, num_rows, t.max_query_len, t.max_context_len, 1, self.layer_ids)
+                if sib is not None and sib.num_tokens == n and sib.num_seqs <= self.max_seqs and sib != t:
+                    out[sib] = None
+        return [dataclasses.replace(key, target=sib) for sib in out]
 
-    def capture_siblings(self, key: StepKey) -> None:
-        for sib in self.siblings(key):
+    def capture_siblings(self, key: StepKey, num_rows: int) -> None:
+        """Capture `key`'s siblings for `num_rows` rows, once per such family."""
+        if key.target.max_query_len != self.gamma + 1:
+            return
+        family = (dataclasses.replace(key, target=dataclasses.replace(key.target, num_tokens=0, num_seqs=0, num_logits=0)),
+                  num_rows)
+        if family in self._sibling_families:
+            return
+        self._sibling_families.add(family)
+        for sib in self.siblings(key, num_rows):
             if sib not in self.graphs:
                 self.capture(sib)
 
@@ -285,4 +298,5 @@ class GraphedStep:
 
     def clear_graphs(self) -> None:
         self.graphs.clear()
+        self._sibling_families.clear()
         self.target.clear_graphs()
