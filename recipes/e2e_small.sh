@@ -33,12 +33,13 @@
 #                                                              #   frontier for the rest of the call (~4 min)
 #      CALL_LIMIT=S STAGES=frontier bash recipes/e2e_small.sh  # the policies still missing; S = status's
 #                                                              #   budget_left_s - 90, at most 570 (~7-8 min)
-#    ≈ 3.5 + 8 + 9.5 + 7.5 = 28.5 min. Each writes what comes back to $OUT (the run tool's folder; RESULTS=
-#    elsewhere), at most 8 files: target.log, target_training_summary.json, regen.log, continuations.meta.json;
-#    drafter.log and mtp.log (each with its training log), calibration.json, frontier.log (per-point lines,
-#    the joined table, SLA summary and simulator table), frontier.json (bench_frontier's layout, all parts
-#    joined; "missing_policies"), frontier.png, frontier-sim.tar.gz (--sim-dir: each policy's SPS table,
-#    step-cost terms and round trace, for `dspark simulate --cost`). If policies are still missing and the
+#    ≈ 3.5 + 8 + 9.5 + 7.5 = 28.5 min. Measured on 2026-12-02 (session 7): call 1 465 s (target 335 s, regen
+#    130 s); DSpark + MTP-1 trainings side by side 158 s, STS calibration 26 s, bench 63 s; frontier: none +
+#    mtp1 at all 9 C 66 s, two drafting policies at C = 1, 4, 16, 64 43 s. Results go to RESULTS (default
+#    $RUNS/results); on the device ($OUT set) each call copies ITS stage logs to $OUT plus results.tgz (all of
+#    RESULTS: target_training_summary.json, continuations.meta.json, calibration.json, bench_e2e.json, sps.png,
+#    frontier.{log,json,png}, frontier-sim.tar.gz = --sim-dir: each policy's SPS table, step-cost terms and
+#    round trace, for `dspark simulate --cost`), within the run tool's 8 files. If policies are still missing and the
 #    machine is warm with > 5 min left, one more CALL_LIMIT=S STAGES=frontier. If it went cold between calls,
 #    nothing survived: start again from the first call.
 # Each stage is skipped when its output exists (in RUNS, default runs/e2e-small), so a rerun resumes; a
@@ -78,7 +79,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-"target drafter mtp frontier"}
-CARRY=${CARRY:-.carry/e2e}; R=${RUNS:-runs/e2e-small}; RES=${RESULTS:-${OUT:-$R/results}}
+CARRY=${CARRY:-.carry/e2e}; R=${RUNS:-runs/e2e-small}; RES=${RESULTS:-$R/results}
 TOKENIZER=${TOKENIZER:-src/dspark/assets/tiny-target}; TARGET=$R/small-target; DR=$R/drafter; DEVICE=${DEVICE:-auto}
 if [ -n "${SMOKE:-}" ]; then  # CPU rehearsal: every stage with tiny budgets
   : "${PRETRAIN_ARGS:=--steps 2 --batch-size 2 --seq-len 64 --eval-tokens 128 --eval-every 1000 --warmup-steps 1}"
@@ -238,6 +239,16 @@ frontier() {  # issue 13 (a): bench_frontier, every policy x C on the real draft
   if [ -d "$F/sim" ]; then tar -czf "$RES/frontier-sim.tar.gz" -C "$F" sim; fi
   case $rc in 0|124|137) return 0;; *) return "$rc";; esac
 }
+
+ship() {  # on the device ($OUT set): the run tool brings back 8 files, so this call's stage logs + ONE tarball of $RES
+  [ -n "${OUT:-}" ] || return 0
+  local s
+  for s in prep target regen drafter mtp bench frontier; do
+    if stage "$s" && [ -f "$RES/$s.log" ]; then cp "$RES/$s.log" "$OUT/"; fi
+  done
+  tar -czf "$OUT/results.tgz" -C "$RES" .
+}
+trap ship EXIT
 
 for s in prep target regen drafter mtp bench frontier; do
   if stage "$s"; then
