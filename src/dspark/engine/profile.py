@@ -12,7 +12,15 @@ the same K/V), and whole engine steps are timed with no drafting (policy ``none`
 over its verify forward (scheduling, sampling, bookkeeping, the drafter's absorb), and
 ``draft_cost(R)`` a drafted step's further excess over the verify forward of R·(γ+1) tokens (the
 drafter's proposal and rejection sampling). Times are medians of `repeats` after `warmup` calls,
-synchronised on CUDA; the stored table gets the monotone envelope unless told otherwise.
+synchronised on CUDA; the first request count profiled gets `FIRST_WARMUP` more warm-up calls (it pays
+the process's first calls: allocator growth, kernel selection, lazily built state).
+
+Robustness (`lower_envelope`): timing noise on a shared machine only ever makes a call slower, so
+every measured curve (the verify times by B, ``request_cost`` and ``draft_cost`` by R) is replaced by
+its lower monotone envelope, each point lowered to the fastest one at any larger key: a point slower
+than a larger batch is an outlier (logged with its factor when more than `OUTLIER_FACTOR`), never a
+floor that every larger batch inherits (the running-maximum envelope `SPSTable(monotone=True)` would
+make of it).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,10 +48,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIRST_WARMUP = 2  # extra warm-up calls of the first request count profiled (the first calls of the process)
+OUTLIER_FACTOR = 2.0  # a point lowered by more than this factor is logged as an outlier
+
+
+def lower_envelope(curve: Mapping[int, float], what: str = "curve") -> tuple[dict[int, float], list[str]]:
+    """`curve` (seconds by a key: tokens or requests) made non-decreasing from below: each value becomes
+    the smallest at its key or any larger one. Returns the envelope and one reason per point lowered by
+    more than `OUTLIER_FACTOR` (a slow outlier). Raises ConfigError on a non-finite or negative value."""
+    keys = sorted(int(k) for k in curve)
+    values = [float(curve[k]) for k in keys]
+    if any(not np.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(f"{what}: every time must be a finite number >= 0, got {dict(zip(keys, values))}")
+    out: dict[int, float] = {}
+    reasons = []
+    low = float("inf")
+    for k, v in zip(reversed(keys), reversed(values)):
+        low = min(low, v)
+        out[k] = low
+        if v > OUTLIER_FACTOR * low:
+            reasons.append(f"{what} at {k}: {v:.3g} s is {v / max(low, 1e-12):.1f}x the {low:.3g} s of a larger "
+                           f"count (an outlier: lowered to it)")
+    return dict(sorted(out.items())), reasons[::-1]
+
+
+def _sane(curve: Mapping[int, float], what: str, outliers: list[str]) -> dict[int, float]:
+    out, reasons = lower_envelope(curve, what)
+    for reason in reasons:
+        log.warning("profile: %s", reason)
+    outliers += reasons
+    return out
+
 
 def output_budget(gamma: int, num_widths: int, repeats: int, warmup: int) -> int:
-    """Output tokens a profiled request may need (every timed step commits up to γ+1)."""
-    return (warmup + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
+    """Output tokens a profiled request may need (every timed step commits up to γ+1; the first request
+    count's `FIRST_WARMUP` extra warm-up calls included)."""
+    return (warmup + FIRST_WARMUP + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
 
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
@@ -100,7 +140,8 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
     request_cost: dict[int, float] = {}
     draft_cost: dict[int, float] = {}
     try:
-        for r in sorted({int(x) for x in requests}):
+        for n, r in enumerate(sorted({int(x) for x in requests})):
+            warm = warmup + (FIRST_WARMUP if n == 0 else 0)
             if r > llm.config.max_num_seqs:
                 raise ConfigError(f"cannot profile {r} requests with max_num_seqs={llm.config.max_num_seqs}")
             ids = [llm.add_request(rng.integers(0, llm.target.vocab_size, context).tolist(),
@@ -111,14 +152,14 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
                 llm.step()
             verify = {}
             for w in widths:
-                verify[w] = _time_verify_forward(llm, w, repeats, warmup)
+                verify[w] = _time_verify_forward(llm, w, repeats, warm)
                 rows.append({"requests": r, "width": w, "tokens": r * w, "seconds": verify[w]})
                 best[r * w] = min(verify[w], best.get(r * w, float("inf")))
-            plain = _time_steps(llm, "none", repeats, warmup)
+            plain = _time_steps(llm, "none", repeats, warm)
             request_cost[r] = max(plain - verify[1], 1e-6)
             row = {"requests": r, "plain_step_seconds": plain, "request_seconds": request_cost[r]}
             if gamma:
-                drafted = _time_steps(llm, f"fixed:{gamma}", repeats, warmup)
+                drafted = _time_steps(llm, f"fixed:{gamma}", repeats, warm)
                 draft_cost[r] = max(drafted - verify[gamma + 1] - request_cost[r], 1e-6)
                 row.update(drafted_step_seconds=drafted, draft_seconds=draft_cost[r])
             rows.append(row)
@@ -131,9 +172,14 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
             if req.startswith("profile-"):
                 llm.abort(req)
                 del llm.scheduler.requests[req]
+    outliers: list[str] = []
+    best = _sane(best, "verify forward by tokens", outliers)
+    request_cost = _sane(request_cost, "request cost by requests", outliers)
+    draft_cost = _sane(draft_cost, "draft cost by requests", outliers) if draft_cost else draft_cost
     tokens = sorted(best)
     meta = {"source": "dspark profile (engine)", "device": str(llm.runner.device), "runner": type(llm.runner.target).__name__,
-            "context": context, "widths": widths, "repeats": repeats, "dtype": str(llm.target.dtype)}
+            "context": context, "widths": widths, "repeats": repeats, "dtype": str(llm.target.dtype),
+            **({"outliers": outliers} if outliers else {})}
     table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost,
                      monotone=monotone, meta=meta)
     return table, rows
