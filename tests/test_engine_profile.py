@@ -57,3 +57,22 @@ def test_profile_of_a_tiny_engine_gives_non_decreasing_curves():
     assert all(a <= b for a, b in zip(times, times[1:]))
     assert any("plain_step_seconds" in r for r in rows)  # the raw rows keep the measurements as taken
     assert not llm.has_unfinished()
+
+
+def test_a_cached_table_with_an_outlier_is_flagged():
+    from dspark.engine.profile import cached_outliers
+    from dspark.scheduling import SPSTable
+
+    bad = SPSTable([1, 4], [100.0, 90.0], request_cost={1: 0.342, 2: 0.00047})
+    good = SPSTable([1, 4], [100.0, 90.0], {1: 0.002, 4: 0.003}, request_cost={1: 0.0004, 2: 0.00047})
+    assert len(cached_outliers(bad)) == 1 and cached_outliers(good) == []
+
+
+def test_a_cost_that_came_out_non_positive_takes_its_neighbours_value():
+    from dspark.engine.profile import MIN_COST, fill_unmeasured
+
+    got, reasons = fill_unmeasured({1: 0.000861, 2: MIN_COST, 4: 0.001}, what="draft cost")
+    assert got == {1: 0.000861, 2: 0.001, 4: 0.001} and len(reasons) == 1 and "draft cost at 2" in reasons[0]
+    assert fill_unmeasured({1: 0.002, 2: MIN_COST})[0] == {1: 0.002, 2: 0.002}  # nothing larger: the previous one
+    assert fill_unmeasured({1: MIN_COST, 2: MIN_COST})[0] == {1: MIN_COST, 2: MIN_COST}  # nothing measured
+    assert lower_envelope(fill_unmeasured({1: 0.000861, 2: MIN_COST})[0])[0] == {1: 0.000861, 2: 0.000861}
