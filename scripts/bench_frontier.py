@@ -27,7 +27,8 @@ SPS table take `--sps FILE` (else the engine profiles itself at start and caches
 loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none;
 re-profiled at the concurrencies past its largest request count, `--sim-requests`), the step costs the
 table leaves out (a prefill chunk in a step, longer contexts, the planner's host time, CUDA-graph
-padding: `dspark.sim.cost`, measured on the same engine) and a trace of the measured requests' rounds
+padding, the serving loop's host excess from a short calibration loop: `dspark.sim.cost`, measured on
+the same engine) and a trace of the measured requests' rounds
 feed `dspark.sim.engine` with the same policy, concurrency, request counts, prompt lengths and max
 tokens. A second table gives per point the simulated throughput and per-user tokens/s beside the
 measured ones and the relative errors (also those of the table-only model, `dspark simulate --sps
@@ -326,7 +327,7 @@ def simulate_policy(spec: EngineSpec, llm: LLM, prompts: list[list[int]], points
         acceptance = CurveAcceptance((1e-6,) * llm.num_drafts, name="none recorded")
     cover = {"auto": args.concurrency, "none": []}.get(args.sim_requests, args.sim_requests)
     costs = engine_cost(llm, mean_prompt, mean_prompt + args.max_tokens / 2, table=spec.sps, acceptance=acceptance,
-                        requests=args.concurrency, cover=cover, timer=timer, seed=args.seed)
+                        requests=args.concurrency, cover=cover, timer=timer, max_tokens=args.max_tokens, seed=args.seed)
     work = Workload(lengths, args.max_tokens, llm.config.max_num_batched_tokens, args.seed)
     rows = []
     for point in points:

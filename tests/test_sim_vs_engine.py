@@ -222,6 +222,9 @@ def test_bench_frontier_simulate_end_to_end(capsys, tmp_path, monkeypatch):
     assert engines["fixed:3"]["trace"]["censored"] > 0  # fixed:3 verifies 3 of 7: censored when all 3 pass
     assert engines["dspark-async+gate"]["cost"]["plan"] is not None
     assert engines["none"]["cost"]["plan"] is None and engines["fixed:3"]["cost"]["plan"] is None
+    assert all("host" in e["cost"] for e in engines.values())  # the calibration loop's term (None: too few steps)
+    rows = json.loads((sim_dir / "none.cost.json").read_text())["rows"]
+    assert {r["requests"] for r in rows["host"]} <= {1, 2}
     assert set(engines["fixed:3"]["cost"]["prefill"]) == {"plain", "drafted"} and set(engines["none"]["cost"]["prefill"]) == {"plain"}
     for stem in ("none", "fixed-3", "dspark-async_gate"):
         SPSTable.load(sim_dir / f"{stem}.sps.json")

@@ -2,7 +2,8 @@
 
 Where it sits: `profile_engine(llm) ─► SPSTable` — run by `dspark profile`, and by `LLM` at start when
 its policy needs a table and none is given (`table_for(llm)` keeps it in a JSON cache keyed by target,
-drafter, device, dtype and runner, and reuses it on the next start).
+drafter, device, dtype and runner, and reuses it on the next start unless its per-request
+curves hold a slow outlier: `cached_outliers`).
 
 For each request count R, R requests with random prompts of `context` tokens decode in the engine
 (nothing else runs). Then, for each width w (1 + drafts verified per request), the target forward of a
@@ -12,7 +13,16 @@ the same K/V), and whole engine steps are timed with no drafting (policy ``none`
 over its verify forward (scheduling, sampling, bookkeeping, the drafter's absorb), and
 ``draft_cost(R)`` a drafted step's further excess over the verify forward of R·(γ+1) tokens (the
 drafter's proposal and rejection sampling). Times are medians of `repeats` after `warmup` calls,
-synchronised on CUDA; the stored table gets the monotone envelope unless told otherwise.
+synchronised on CUDA; the first request count profiled gets `FIRST_WARMUP` more warm-up calls (it pays
+the process's first calls: allocator growth, kernel selection, lazily built state).
+
+Robustness (`fill_unmeasured`, `lower_envelope`): timing noise on a shared machine only ever makes a
+call slower, so every measured curve (the verify times by B, ``request_cost`` and ``draft_cost`` by R) is replaced by
+its lower monotone envelope, each point lowered to the fastest one at any larger key: a point slower
+than a larger batch is an outlier (logged with its factor when more than `OUTLIER_FACTOR`), never a
+floor that every larger batch inherits (the running-maximum envelope `SPSTable(monotone=True)` would
+make of it). A per-request cost is a difference of two medians, so noise can also push it to <= 0
+(stored as `MIN_COST`): such a point measured nothing and takes its neighbour's value first.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,10 +50,66 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIRST_WARMUP = 2  # extra warm-up calls of the first request count profiled (the first calls of the process)
+OUTLIER_FACTOR = 2.0  # a point lowered by more than this factor is logged as an outlier
+MIN_COST = 1e-6  # what a per-request cost that came out <= 0 is stored as
+
+
+def lower_envelope(curve: Mapping[int, float], what: str = "curve") -> tuple[dict[int, float], list[str]]:
+    """`curve` (seconds by a key: tokens or requests) made non-decreasing from below: each value becomes
+    the smallest at its key or any larger one. Returns the envelope and one reason per point lowered by
+    more than `OUTLIER_FACTOR` (a slow outlier). Raises ConfigError on a non-finite or negative value."""
+    keys = sorted(int(k) for k in curve)
+    values = [float(curve[k]) for k in keys]
+    if any(not np.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(f"{what}: every time must be a finite number >= 0, got {dict(zip(keys, values))}")
+    out: dict[int, float] = {}
+    reasons = []
+    low = float("inf")
+    for k, v in zip(reversed(keys), reversed(values)):
+        low = min(low, v)
+        out[k] = low
+        if v > OUTLIER_FACTOR * low:
+            reasons.append(f"{what} at {k}: {v:.3g} s is {v / max(low, 1e-12):.1f}x the {low:.3g} s of a larger "
+                           f"count (an outlier: lowered to it)")
+    return dict(sorted(out.items())), reasons[::-1]
+
+
+def fill_unmeasured(curve: Mapping[int, float], floor: float = MIN_COST, what: str = "curve"
+                    ) -> tuple[dict[int, float], list[str]]:
+    """A difference of two medians at or below `floor` (it came out <= 0: noise) measured nothing: such a
+    point takes the value of the next larger key that measured something (else the previous one), so
+    that `lower_envelope` does not pull every smaller key down to it. Returns the curve and one reason
+    per point filled; a curve with nothing above the floor is returned as it is."""
+    keys = sorted(int(k) for k in curve)
+    measured = [k for k in keys if curve[k] > floor]
+    out = {k: float(curve[k]) for k in keys}
+    if not measured:
+        return out, []
+    reasons = []
+    for k in keys:
+        if curve[k] <= floor:
+            src = next((m for m in measured if m > k), measured[-1])
+            out[k] = float(curve[src])
+            reasons.append(f"{what} at {k}: {curve[k]:.3g} s (the difference came out <= 0: noise) takes "
+                           f"the {curve[src]:.3g} s measured at {src}")
+    return out, reasons
+
+
+def _sane(curve: Mapping[int, float], what: str, outliers: list[str]) -> dict[int, float]:
+    filled, reasons = fill_unmeasured(curve, what=what)
+    out, more = lower_envelope(filled, what)
+    reasons += more
+    for reason in reasons:
+        log.warning("profile: %s", reason)
+    outliers += reasons
+    return out
+
 
 def output_budget(gamma: int, num_widths: int, repeats: int, warmup: int) -> int:
-    """Output tokens a profiled request may need (every timed step commits up to γ+1)."""
-    return (warmup + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
+    """Output tokens a profiled request may need (every timed step commits up to γ+1; the first request
+    count's `FIRST_WARMUP` extra warm-up calls included)."""
+    return (warmup + FIRST_WARMUP + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
 
 
 def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
@@ -100,7 +166,8 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
     request_cost: dict[int, float] = {}
     draft_cost: dict[int, float] = {}
     try:
-        for r in sorted({int(x) for x in requests}):
+        for n, r in enumerate(sorted({int(x) for x in requests})):
+            warm = warmup + (FIRST_WARMUP if n == 0 else 0)
             if r > llm.config.max_num_seqs:
                 raise ConfigError(f"cannot profile {r} requests with max_num_seqs={llm.config.max_num_seqs}")
             ids = [llm.add_request(rng.integers(0, llm.target.vocab_size, context).tolist(),
@@ -111,15 +178,15 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
                 llm.step()
             verify = {}
             for w in widths:
-                verify[w] = _time_verify_forward(llm, w, repeats, warmup)
+                verify[w] = _time_verify_forward(llm, w, repeats, warm)
                 rows.append({"requests": r, "width": w, "tokens": r * w, "seconds": verify[w]})
                 best[r * w] = min(verify[w], best.get(r * w, float("inf")))
-            plain = _time_steps(llm, "none", repeats, warmup)
-            request_cost[r] = max(plain - verify[1], 1e-6)
+            plain = _time_steps(llm, "none", repeats, warm)
+            request_cost[r] = max(plain - verify[1], MIN_COST)
             row = {"requests": r, "plain_step_seconds": plain, "request_seconds": request_cost[r]}
             if gamma:
-                drafted = _time_steps(llm, f"fixed:{gamma}", repeats, warmup)
-                draft_cost[r] = max(drafted - verify[gamma + 1] - request_cost[r], 1e-6)
+                drafted = _time_steps(llm, f"fixed:{gamma}", repeats, warm)
+                draft_cost[r] = max(drafted - verify[gamma + 1] - request_cost[r], MIN_COST)
                 row.update(drafted_step_seconds=drafted, draft_seconds=draft_cost[r])
             rows.append(row)
             for i in ids:
@@ -131,9 +198,14 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
             if req.startswith("profile-"):
                 llm.abort(req)
                 del llm.scheduler.requests[req]
+    outliers: list[str] = []
+    best = _sane(best, "verify forward by tokens", outliers)
+    request_cost = _sane(request_cost, "request cost by requests", outliers)
+    draft_cost = _sane(draft_cost, "draft cost by requests", outliers) if draft_cost else draft_cost
     tokens = sorted(best)
     meta = {"source": "dspark profile (engine)", "device": str(llm.runner.device), "runner": type(llm.runner.target).__name__,
-            "context": context, "widths": widths, "repeats": repeats, "dtype": str(llm.target.dtype)}
+            "context": context, "widths": widths, "repeats": repeats, "dtype": str(llm.target.dtype),
+            **({"outliers": outliers} if outliers else {})}
     table = SPSTable(tokens, [1.0 / best[b] for b in tokens], draft_cost or None, request_cost=request_cost,
                      monotone=monotone, meta=meta)
     return table, rows
@@ -165,6 +237,19 @@ def cache_key(llm: LLM) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def cached_outliers(table: SPSTable) -> list[str]:
+    """The slow outliers (`lower_envelope`) of a table's per-request curves: a cached table profiled before
+    the envelope existed (or written by hand) may hold a first-call or a noisy point; it is re-profiled."""
+    data = table.to_dict()
+    reasons: list[str] = []
+    for key in ("request_cost", "draft_cost"):
+        if key in data:
+            curve = dict(zip(data[key]["requests"], data[key]["seconds"]))
+            filled, gaps = fill_unmeasured(curve, what=key.replace("_", " "))
+            reasons += gaps + lower_envelope(filled, key.replace("_", " "))[1]
+    return reasons
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DSPARK_CACHE", Path.home() / ".cache" / "dspark")) / "sps"
 
@@ -174,8 +259,12 @@ def table_for(llm: LLM) -> SPSTable:
     path = cache_dir() / f"{cache_key(llm)}.json"
     if path.is_file():
         try:
-            log.info("SPS table from %s", path)
-            return SPSTable.load(path)
+            cached = SPSTable.load(path)
+            reasons = cached_outliers(cached)
+            if not reasons:
+                log.info("SPS table from %s", path)
+                return cached
+            log.warning("re-profiling: the cached SPS table %s has outliers (%s)", path, "; ".join(reasons))
         except Exception as exc:  # a corrupt cache entry is re-measured, never fatal
             log.warning("ignoring unreadable SPS cache %s (%s)", path, exc)
     requests, context = startup_profile(llm)

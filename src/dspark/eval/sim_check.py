@@ -14,7 +14,10 @@ after its closed loops (`dspark.eval.closed_loop`):
      table's context and at the workload's, one request count);
    * `measure_plan_cost`: the planner's host time per drafted round beyond ``fixed:γ``'s, timed in the
      closed loops themselves by a `PlannerTimer` standing in for the engine's planner;
-   * the CUDA-graph padding ladder of the engine's step (`graph_ladder`; None when it runs eagerly).
+   * the CUDA-graph padding ladder of the engine's step (`graph_ladder`; None when it runs eagerly);
+   * `dspark.eval.host_cost.measure_host_cost`: the serving loop's per-step excess over all of the
+     above, by R (host work the profile's steady steps do not do), from a short calibration closed
+     loop of its own on the engine (not the measured points).
 2. **Acceptance**: a trace of the measured requests' rounds (`dspark.sim.acceptance.trace_records`, all
    concurrencies of the policy pooled). The engine only sees acceptance among the drafts it VERIFIED:
    rounds with ℓ < γ whose ℓ drafts were all accepted are censored, and the replay continues them slot
@@ -34,6 +37,7 @@ Timings taken here are only as good as the machine: on a shared CPU they are noi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -49,6 +53,7 @@ from dspark.errors import ConfigError, DSparkError
 from dspark.scheduling import SPSTable, parse_policy
 from dspark.scheduling.planner import NEEDS_SPS
 from dspark.sim.acceptance import AcceptanceModel, CurveAcceptance, TraceAcceptance, trace_records
+from dspark.eval.host_cost import measure_host_cost
 from dspark.sim.cost import PrefillCost, RequestCurve, StepCost
 from dspark.sim.engine import SimConfig, SimResult, simulate
 from dspark.sim.workload import Arrivals, LengthDist, LengthSequence
@@ -377,7 +382,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     """Re-profiled table, prefill and context terms of one engine setup. They do not depend on the policy
     (each measurement sets its own planners), so engines of one target + drafter (`cache_key`) measure
     them once per process; the planning term is the policy's own (`engine_cost`)."""
-    from dspark.engine.profile import cache_key, profile_engine
+    from dspark.engine.profile import cache_key, output_budget, profile_engine
 
     key = (cache_key(llm), json.dumps(table.to_dict(), sort_keys=True), round(mean_prompt), round(mean_context),
            tuple(requests), tuple(cover), prefill, context, seed, llm.config.max_num_seqs,
@@ -390,7 +395,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     beyond = [int(r) for r in cover if known and int(r) > known[-1]]
     if beyond:
         ctx = int(table.meta.get("context", 64) or 64)
-        growth = 6 * 6 * (llm.num_drafts + 1) + 8  # what profile_engine's requests grow by (repeats 3, warm-up 1)
+        growth = output_budget(llm.num_drafts, 4, 3, 1)  # what profile_engine's requests grow by
         wanted = sorted({r for r in [*beyond, *known] if 1 <= r <= llm.config.max_num_seqs
                          and ctx + growth < llm.max_model_len and _pages_fit(llm, r, ctx + growth)})
         if wanted and wanted[-1] > known[-1]:
@@ -410,7 +415,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     if context and ctx_0 > 0:
         profiled = [r for r in table_requests(priced) if r <= min(64, llm.config.max_num_seqs)]
         num = max(profiled or [min(16, llm.config.max_num_seqs)])
-        budget = 6 * 4 * (llm.num_drafts + 1) + 16  # what profile_engine's requests grow by, and some room
+        budget = output_budget(llm.num_drafts, 2, 3, 1) + 8  # what profile_engine's requests grow by, and some room
         hi = int(min(mean_context, llm.max_model_len - budget))
         while num > 1 and not _pages_fit(llm, num, hi + budget):
             num //= 2
@@ -430,9 +435,12 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
 def engine_cost(llm: LLM, mean_prompt: float, mean_context: float, *, table: SPSTable | None = None,
                 acceptance: AcceptanceModel | None = None, requests: Sequence[int] = (1, 16, 64),
                 cover: Sequence[int] = (), timer: PlannerTimer | None = None, prefill: bool = True,
-                context: bool = True, plan: bool = True, seed: int = 0) -> EngineCosts:
+                context: bool = True, plan: bool = True, host: bool = True, max_tokens: int = 32,
+                seed: int = 0) -> EngineCosts:
     """The planner's table (`planner_table(llm, table)`) and a `StepCost` with the measured terms
-    (`prefill` / `context` / `plan` switch them off). The prefill term is measured beside `requests`
+    (`prefill` / `context` / `plan` / `host` switch them off). The host term is the excess of a
+    calibration closed loop's decoding steps (at the `requests` counts, requests of at most
+    `max_tokens` tokens) over all the other terms. The prefill term is measured beside `requests`
     rows (and `PREFILL_REQUESTS`); the plan term comes from `timer` (the planner's calls in the engine's
     closed loops), else is timed at `requests` rows on rounds drawn from `acceptance`. `cover`: request
     counts the step costs must reach; when one is beyond the table's largest, the step costs come from
@@ -446,6 +454,12 @@ def engine_cost(llm: LLM, mean_prompt: float, mean_context: float, *, table: SPS
         rows["plan"] = [{"requests": r, "seconds": t} for r, t in zip(plan_cost.requests, plan_cost.seconds)]
     cost = StepCost(terms.cost_table or table, terms.prefill, graph_ladder(llm), terms.context_s, terms.draft_context_s,
                     terms.context_0, plan_cost)
+    if host:
+        got = _tried("host term", lambda: measure_host_cost(llm, cost, max(1, round(mean_prompt)), requests, max_tokens,
+                                                            seed=seed))
+        if got is not None:
+            curve, rows["host"] = got
+            cost = dataclasses.replace(cost, host=curve)
     return EngineCosts(table, cost, rows)
 
 

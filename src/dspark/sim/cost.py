@@ -13,12 +13,15 @@ forward (the engine's chunked prefill), n prefill chunks of P prompt tokens in a
     verify(pad(B)) + request(pad(R)) + [draft(pad(R)) if it drafts]           the table: round_time
   + context_s · Σ_r (ctx_r − ctx_0)  [+ draft_context_s · Σ_r (...) if it drafts]     longer contexts
   + [plan(R) if it drafts]                                                        the policy's own host time
-  + prefill.step(R) + prefill.row_s · (n − 1) + prefill.token_s · P   if n > 0     a prefill chunk
+  + prefill.step(R) + prefill.row_s · (n − 1) + prefill.token_s · P'  if n > 0     a prefill chunk
+  + host(R)                                                                       the serving loop's excess
 
-* **pad** (`ladder`): on the GPU the engine replays decode steps from CUDA graphs captured for shapes
-  padded up a ladder (1, 2, 4, ..., 512 tokens and sequences), so such a step costs what the padded
-  one costs. Steps above the ladder's top and steps that carry a prefill chunk run eagerly, unpadded.
-  ``ladder=None`` (the CPU, an eager engine): nothing is padded.
+* **pad** (`ladder`): on the GPU every engine step, prefill chunks included, replays a CUDA graph
+  captured for its shape padded up a ladder (`dspark.engine.graphed_target.ladder_for`: 1, 2, 3, 4,
+  6, 8, ... tokens and sequences, up to the step's token budget), so a step costs what the padded one
+  costs: the decoding rows' B tokens are priced at pad(B), the prompt tokens at P' = pad(B + P) −
+  pad(B) (what the padded step holds beyond them). Steps whose B + P is above the ladder's top run
+  eagerly, unpadded (P' = P). ``ladder=None`` (the CPU, an eager engine): nothing is padded.
 * **context** (`context_s`, `draft_context_s`, `context_0`): seconds per decoding row per context
   token beyond the context the table was profiled at (attention reads each row's K/V once per step:
   the target's in every step, the drafter's in the steps that draft). ``ctx_r`` = prompt + output so
@@ -33,7 +36,12 @@ forward (the engine's chunked prefill), n prefill chunks of P prompt tokens in a
   includes running the whole step eagerly instead of replaying a graph; the new rows' first-token
   sampling and (in a drafting step) their first proposal are in it too, so they are not charged to
   `draft`. Without a measured term, prompt tokens go through the verify curve instead:
-  ``verify(B + P)`` (this is how ``prefill="inline"`` has always priced a prefill step).
+  ``verify(pad(B + P))`` (this is how ``prefill="inline"`` has always priced a prefill step).
+* **host** (`host`, seconds by R): what a decoding step of the serving loop costs beyond every term
+  above, measured on the engine (`dspark.eval.host_cost`: a short calibration closed loop, each step's
+  measured duration less its price here). The profile's steady steps miss the host work of serving:
+  requests finishing, released and admitted, outputs handed back, the loop between two steps, the
+  planner's bookkeeping. Added to every step with R > 0 decoding rows. None: not modelled.
 """
 
 from __future__ import annotations
@@ -131,6 +139,7 @@ class StepCost:
     draft_context_s: float = 0.0
     context_0: float = 0.0
     plan: RequestCurve | None = None
+    host: RequestCurve | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.prefill) - {"drafted", "plain"}
@@ -148,12 +157,14 @@ class StepCost:
                      prefill_tokens: int = 0, context_tokens: float | None = None) -> float:
         """Seconds of one step (module docstring). `verify_tokens` = B = R + Σℓ; `context_tokens` = Σ_r ctx_r
         over the decoding rows (None: every row at the profiled context, no context term)."""
-        eager = prefill_chunks > 0 or (self.ladder is not None and verify_tokens > self.ladder[-1])
+        prompt = prefill_tokens if prefill_chunks > 0 else 0
+        eager = self.ladder is not None and verify_tokens + prompt > self.ladder[-1]
         ladder = None if eager else self.ladder
         tokens, rows = pad_up(verify_tokens, ladder), pad_up(decode_rows, ladder)
+        prompt = max(0, pad_up(verify_tokens + prompt, ladder) - tokens) if prompt else 0  # P'
         prefill = self.prefill.get("drafted" if drafting else "plain") if prefill_chunks > 0 else None
         if prefill is None and prefill_chunks > 0:
-            tokens += prefill_tokens  # no measured term: prompt tokens through the verify curve
+            tokens += prompt  # no measured term: prompt tokens through the verify curve
         t = float(self.table.step_time(tokens)) if tokens > 0 else 0.0
         if decode_rows > 0:
             t += float(self.table.request_time(rows)) + (float(self.table.draft_time(rows)) if drafting else 0.0)
@@ -163,8 +174,10 @@ class StepCost:
                 t = max(t + extra, MIN_CONTEXT_FACTOR * t)
             if drafting and self.plan is not None:
                 t += self.plan.at(decode_rows)
+            if self.host is not None:
+                t += self.host.at(decode_rows)
         if prefill is not None:
-            t += prefill.seconds(decode_rows, prefill_chunks, prefill_tokens)
+            t += prefill.seconds(decode_rows, prefill_chunks, prompt)
         return t
 
     @property
@@ -175,13 +188,15 @@ class StepCost:
         """The extra terms (the table is saved on its own: `SPSTable.save`)."""
         return {"prefill": {k: v.to_dict() for k, v in self.prefill.items()}, "ladder": list(self.ladder or []) or None,
                 "context_s": self.context_s, "draft_context_s": self.draft_context_s, "context_0": self.context_0,
-                "plan": None if self.plan is None else self.plan.to_dict()}
+                "plan": None if self.plan is None else self.plan.to_dict(),
+                "host": None if self.host is None else self.host.to_dict()}
 
     @classmethod
     def from_dict(cls, table: SPSTable, data: Mapping[str, Any]) -> StepCost:
         prefill = {k: PrefillCost.from_dict(v) for k, v in (data.get("prefill") or {}).items()}
         ladder = data.get("ladder")
-        plan = data.get("plan")
+        plan, host = data.get("plan"), data.get("host")
         return cls(table, prefill, tuple(ladder) if ladder else None, data.get("context_s", 0.0),
                    data.get("draft_context_s", 0.0), data.get("context_0", 0.0),
-                   None if plan is None else RequestCurve.from_dict(plan))
+                   None if plan is None else RequestCurve.from_dict(plan),
+                   None if host is None else RequestCurve.from_dict(host))
