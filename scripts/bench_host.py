@@ -26,6 +26,11 @@ decode steps, `--steps` steps are timed with `time.perf_counter` around each par
             and the per-request outputs;
 * host      the whole step less `forward`.
 
+On a GPU (``--device cuda --shape qwen3-8b --drafter-layers 5``) the engine keeps its own runner and replays
+real CUDA graphs: `forward` is then only the launch, `commit` includes the wait for the GPU at the one
+read-back, and `total` is the step's wall time, so two policies' totals side by side show what a policy's
+host work (or its graphs) costs a step.
+
 Median microseconds per step (per phase: the median of that phase's per-step sums). `--profile N` also
 prints cProfile's top N functions (own time) of the timed steps of every cell. Prints a table, then ONE
 JSON line. CPU host time is the measurement here (host time IS CPU time); the absolute numbers are this
@@ -173,13 +178,14 @@ def build_engine(target: TargetModel, drafter: Drafter, policy: str, concurrency
     max_model_len = seq_len + LADDER_STEP  # a graph's padding sequence holds < LADDER_STEP tokens
     options: dict[str, object] = dict(max_num_seqs=concurrency, max_num_batched_tokens=budget, page_size=PAGE,
                                       num_pages=concurrency * -(-seq_len // PAGE) + 1, enable_prefix_caching=False,
-                                      max_model_len=max_model_len, eos_token_ids=(-1,), enforce_eager=True)
+                                      max_model_len=max_model_len, eos_token_ids=(-1,),
+                                      enforce_eager=target.device.type != "cuda" or args.eager)
     if drafts:
         options.update(synthetic_acceptance=args.synthetic_acceptance, synthetic_seed=args.seed)
     context = args.prompt_len + (args.warmup + args.steps) * 3
     sps = planner_table(gamma, context) if drafts else None
     llm = LLM(target, drafter if drafts else None, policy=policy, sps=sps, runner="model", detokenize=False, **options)
-    if not args.eager:
+    if not args.eager and target.device.type != "cuda":  # on a GPU: the engine's own runner, real graph replays
         llm.runner = graphed_runner(llm, llm.drafter, concurrency, budget)
     return llm
 
@@ -233,6 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="decode steps before timing (after every prefill)")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--drafter-layers", type=int, default=1)
+    p.add_argument("--shape", default="tiny", help="random target shape (dspark.targets.random_weights.SHAPES)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda: the engine's own runner replaying real CUDA graphs")
+    p.add_argument("--dtype", default=None, help="default float32 on the CPU, bfloat16 on CUDA")
     p.add_argument("--synthetic-acceptance", default="dspark/math", help="acceptance of drafting policies (NOT lossless)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eager", action="store_true", help="the plain eager runner instead of GraphedStep's host path")
@@ -244,7 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.torch_threads)
-    target = random_target("tiny", "cpu", "float32", seed=args.seed)
+    dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    target = random_target(args.shape, args.device, dtype, seed=args.seed)
     drafter = random_drafter(target, "dspark", args.drafter_layers)
     rows = []
     for c in (int(x) for x in args.concurrency.split(",")):
@@ -258,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
             if profile is not None:
                 print(f"--- cProfile, {policy} C={c} ({args.steps} steps) ---\n{top_functions(profile, args.profile)}")
             del llm
-    runner = "eager runner" if args.eager else "GraphedStep host path (replay_eagerly)"
-    print(f"median µs per engine step and phase; random:tiny + 1-layer DSpark (γ=7), {runner}, "
-          f"{platform.processor() or 'cpu'}, torch threads {args.torch_threads}; drafting policies: {NOT_LOSSLESS}")
+    if args.eager:
+        runner = "eager runner"
+    elif target.device.type == "cuda":
+        runner = "GraphedStep replaying CUDA graphs (forward = launch only; commit includes the wait for the GPU)"
+    else:
+        runner = "GraphedStep host path (replay_eagerly)"
+    device = torch.cuda.get_device_name(target.device) if target.device.type == "cuda" else platform.processor() or "cpu"
+    print(f"median µs per engine step and phase; random:{args.shape} + {args.drafter_layers}-layer DSpark (γ=7), {runner}, "
+          f"{device}, torch threads {args.torch_threads}; drafting policies: {NOT_LOSSLESS}")
     print(f"{'policy':<20}{'C':>5}" + "".join(f"{p:>10}" for p in PHASES))
     for r in rows:
         print(f"{r['policy']:<20}{r['concurrency']:>5}" + "".join(f"{r[p]:>10.0f}" for p in PHASES))

@@ -99,3 +99,15 @@ def test_sps_tables_and_plots_from_measured_rows(tmp_path: Path) -> None:
     paths = bench.write_sps_plots(str(tmp_path / "sps.png"), rows, drafts, "made-up GPU")
     assert paths == [str(tmp_path / "sps-qwen3-4b.png"), str(tmp_path / "sps-qwen3-8b.png")]
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_bench_host_table_then_json(capsys: pytest.CaptureFixture) -> None:
+    """`bench_host.py`: every phase of every cell, then one JSON line (synthetic acceptance says so)."""
+    assert _script("bench_host").main(["--concurrency", "2", "--policies", "none,dspark-async+gate", "--steps", "3",
+                                       "--warmup", "1", "--prompt-len", "8"]) == 0
+    out = capsys.readouterr().out
+    data = _last_json(out)
+    assert data["bench"] == "host_time" and "NOT lossless" in data["acceptance"]
+    assert [(r["policy"], r["concurrency"]) for r in data["rows"]] == [("none", 2), ("dspark-async+gate", 2)]
+    assert all(r["total"] >= r["host"] > 0 for r in data["rows"])
+    assert "random:tiny" in out
