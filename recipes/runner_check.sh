@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue 11's runner checks in ONE device call of one H200 (~5-6 min, nothing carried): the -m gpu tests of the
+# kernels and graphs (the fused drafter path included), the target step and the DSpark drafter's proposal fused
+# against plain side by side (scripts/bench_engine.py --drafter-path both), and each policy's step wall time and
+# host phases with real graph replays (scripts/bench_host.py --device cuda: why `dspark-async` steps cost more
+# than `fixed:7`'s at the same verify length, docs/benchmarks/serving.md run (a)).
+#
+#   bash recipes/runner_check.sh                 # on the device (run tool, kind nvidia-h200, timeout_s 600)
+#   STAGES="engine host" bash recipes/runner_check.sh
+#
+# Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
+# JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
+# Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
+# HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
+set -eEuo pipefail
+trap 'echo "[$(date +%T)] FAILED (rc=$?): $BASH_COMMAND" >&2' ERR
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+STAGES=${STAGES:-"tests engine host"}
+RES=${RESULTS:-${OUT:-runs/runner_check}}
+mkdir -p "$RES"
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+stamp() { echo "[$(date +%T)] $*"; }
+
+if stage tests; then
+  stamp "gpu tests"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
+  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_drafter_fused.py \
+    tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
+    tests/test_sampling_triton.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+  tail -15 "$RES/gpu_tests.log"
+fi
+if stage engine; then
+  stamp "bench_engine: target step, drafter proposal fused vs plain"
+  $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1,8,32 --verify 8 --verify-batches 1,32 \
+    --drafter-batches 1,8,32 --drafter-path both --no-diagnostics --out "$RES/bench_engine" > "$RES/bench_engine.log" 2>&1 \
+    || echo "bench_engine: rc=$?" >> "$RES/bench_engine.log"
+  grep -v '^{' "$RES/bench_engine.log" | tail -30
+fi
+if stage host; then
+  stamp "bench_host on the GPU: step wall time and host phases per policy"
+  $PY scripts/bench_host.py --device cuda --shape "${HOST_SHAPE:-qwen3-8b}" --drafter-layers "${HOST_LAYERS:-5}" \
+    --concurrency "${HOST_CONC:-4,64}" --policies "${HOST_POLICIES:-fixed:7,dspark,dspark-async,dspark-async+gate}" \
+    --steps 60 --warmup 20 --prompt-len 192 > "$RES/bench_host.log" 2>&1 || echo "bench_host: rc=$?" >> "$RES/bench_host.log"
+  grep -v '^{' "$RES/bench_host.log" | tail -12
+fi
+if [ -n "${OUT:-}" ] && [ "$RES" != "$OUT" ]; then
+  cp "$RES"/*.log "$OUT/" 2>/dev/null || true
+fi
+if [ -n "${OUT:-}" ]; then tar -czf "$OUT/results.tgz" -C "$RES" . 2>/dev/null || true; fi
+stamp "done"
