@@ -71,6 +71,27 @@ PAGE = 16
 LADDER_STEP = 8  # graph sizes of this bench (see fine_ladder)
 
 
+class _Timed:
+    """A callable timed into `phase`; other attributes are the wrapped callable's (the runner finds a
+    wrapped `GraphedStep`'s `upload` through it)."""
+
+    def __init__(self, fn: Callable, current: dict[str, float], phase: str, nested_in: str | None) -> None:
+        self.fn, self.current, self.phase, self.nested_in = fn, current, phase, nested_in
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            self.current[self.phase] += dt
+            if self.nested_in is not None:
+                self.current[self.nested_in] -= dt
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fn, name)
+
+
 class PhaseTimer:
     """Per-step seconds of each phase, from timed wrappers installed as instance attributes (`install`)."""
 
@@ -81,18 +102,7 @@ class PhaseTimer:
 
     def wrap(self, fn: Callable, phase: str, *, nested_in: str | None = None) -> Callable:
         """`fn` timed into `phase` (and taken out of `nested_in`, the phase of a call around it)."""
-        current = self.current
-
-        def timed(*args: object, **kwargs: object) -> object:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                dt = time.perf_counter() - t0
-                current[phase] += dt
-                if nested_in is not None:
-                    current[nested_in] -= dt
-        return timed
+        return _Timed(fn, self.current, phase, nested_in)
 
     def install(self, owner: object, name: str, phase: str, nested_in: str | None = None) -> None:
         """Replace `owner.name` (a method, an instance attribute or a module global) by its timed wrapper."""
