@@ -47,6 +47,7 @@ from dspark.engine.step_inputs import Staged, StepInputs
 from dspark.engine.target import TargetOutput
 from dspark.sampling import RowParams
 
+MAX_ROW_VIEWS = 64  # step shapes whose views a graph keeps (`upload`)
 MAX_UPDATE_POSITIONS = 131072  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber (eager does the same work)
 
 
@@ -97,20 +98,31 @@ def _padded_plan(key: StepKey, v: dict[str, torch.Tensor], probs: torch.Tensor, 
                     key.draft_context, v["forced"] if key.forced else None)
 
 
-def _rows_plan(host: HostPlan, v: dict[str, torch.Tensor], probs: torch.Tensor) -> StepPlan:
-    """The step's own plan (B rows, N tokens, M logits rows): views of the staged inputs `v` just sent."""
-    b, n, m = host.num_seqs, int(host.input_ids.shape[0]), int(host.logit_rows.shape[0])
-    pages, w = int(host.tables.shape[1]), int(host.update_index.shape[1])
-    batch = FlatBatch(v["input_ids"][:n], v["positions"][:n], v["slot_mapping"][:n], v["query_start"][: b + 1],
-                      v["context_lens"][:b], v["block_tables"][:b, :pages], v["logits_indices"][:m],
-                      max_query_len=host.max_query_len, max_context_len=host.max_context)
-    params = RowParams(v["temperature"][:b], v["top_k"][:b], v["top_p"][:b], host.max_top_k, host.any_top_p,
-                       host.any_greedy)
-    return StepPlan(batch, host.seqs, params, v["seeds"][:b], v["counters"][:b], v["logit_rows"][:m],
-                    v["verify_logits"][:b], v["draft_ids"][:b], probs[:b], v["num_verify"][:b], v["num_new"][:b],
-                    v["update_index"][:b, :w], v["next_known"][:b, :w], v["known_anchor"][:b], host.sampled_rows,
-                    host.draft_rows, v["draft_index"][: len(host.draft_rows)], host.num_drafts, host.max_context,
-                    host.draft_length, v["forced"][:b] if host.forced is not None else None)
+RowViews = tuple[torch.Tensor, ...]
+
+
+def _row_views(v: dict[str, torch.Tensor], probs: torch.Tensor, shape: tuple[int, ...]) -> RowViews:
+    """The leading views a step of `shape` = (B, N, M, pages, W, Rd, forced) reads, in `_rows_plan`'s order."""
+    b, n, m, pages, w, rd, forced = shape
+    return (v["input_ids"][:n], v["positions"][:n], v["slot_mapping"][:n], v["query_start"][: b + 1],
+            v["context_lens"][:b], v["block_tables"][:b, :pages], v["logits_indices"][:m], v["temperature"][:b],
+            v["top_k"][:b], v["top_p"][:b], v["seeds"][:b], v["counters"][:b], v["logit_rows"][:m],
+            v["verify_logits"][:b], v["draft_ids"][:b], probs[:b], v["num_verify"][:b], v["num_new"][:b],
+            v["update_index"][:b, :w], v["next_known"][:b, :w], v["known_anchor"][:b], v["draft_index"][:rd],
+            v["forced"][:b] if forced else None)
+
+
+def _rows_plan(host: HostPlan, views: RowViews) -> StepPlan:
+    """The step's own plan (B rows, N tokens, M logits rows) over `_row_views` of the staged inputs just sent."""
+    (ids, pos, slots, qstart, ctx, tables, logits_indices, temperature, top_k, top_p, seeds, counters, logit_rows,
+     verify_logits, draft_ids, probs, num_verify, num_new, update_index, next_known, known_anchor, draft_index,
+     forced) = views
+    batch = FlatBatch(ids, pos, slots, qstart, ctx, tables, logits_indices, max_query_len=host.max_query_len,
+                      max_context_len=host.max_context)
+    params = RowParams(temperature, top_k, top_p, host.max_top_k, host.any_top_p, host.any_greedy)
+    return StepPlan(batch, host.seqs, params, seeds, counters, logit_rows, verify_logits, draft_ids, probs, num_verify,
+                    num_new, update_index, next_known, known_anchor, host.sampled_rows, host.draft_rows, draft_index,
+                    host.num_drafts, host.max_context, host.draft_length, forced)
 
 
 @dataclass
@@ -119,6 +131,7 @@ class _Captured:
     result: StepResult | None  # the graph's static outputs (None: replayed eagerly)
     graph: torch.cuda.CUDAGraph | None
     inputs: Staged  # the key's input layout over the shared buffers
+    row_views: dict[tuple[int, ...], RowViews] = dataclasses.field(default_factory=dict)  # by step shape (bounded)
 
 
 class GraphedStep:
@@ -135,6 +148,7 @@ class GraphedStep:
         self.replay_eagerly = target.replay_eagerly
         self.graphs: dict[StepKey, _Captured] = {}
         self._sibling_families: set[tuple[StepKey, int]] = set()  # (key without its shape, rows): siblings captured
+        self._siblings_done: set[tuple[StepKey, int]] = set()  # (key, rows) whose family is captured
         self._inputs: StepInputs | None = None  # every integer / float input, one layout per key
         self._probs: torch.Tensor | None = None  # [S, γ, V] the waiting drafts' distributions (stay on the device)
         self._index: torch.Tensor | None = None  # [S] 0 .. S-1: the draft rows of a graph (every row drafts)
@@ -161,7 +175,14 @@ class GraphedStep:
         self.capture_siblings(key, host.num_seqs)
         self._inputs.send(entry.inputs, host)
         self._gather_probs(host)
-        plan = _rows_plan(host, entry.inputs.device, self._probs)
+        shape = (host.num_seqs, int(host.input_ids.shape[0]), int(host.logit_rows.shape[0]), int(host.tables.shape[1]),
+                 int(host.update_index.shape[1]), len(host.draft_rows), int(host.forced is not None))
+        views = entry.row_views.get(shape)
+        if views is None:  # a steady workload repeats a handful of shapes: keep their views
+            if len(entry.row_views) >= MAX_ROW_VIEWS:
+                entry.row_views.clear()
+            views = entry.row_views[shape] = _row_views(entry.inputs.device, self._probs, shape)
+        plan = _rows_plan(host, views)
         self._staged = (plan, entry)
         return plan
 
@@ -271,8 +292,9 @@ class GraphedStep:
 
     def capture_siblings(self, key: StepKey, num_rows: int) -> None:
         """Capture `key`'s siblings for `num_rows` rows, once per such family."""
-        if key.target.max_query_len != self.gamma + 1:
+        if key.target.max_query_len != self.gamma + 1 or (key, num_rows) in self._siblings_done:
             return
+        self._siblings_done.add((key, num_rows))
         family = (dataclasses.replace(key, target=dataclasses.replace(key.target, num_tokens=0, num_seqs=0, num_logits=0)),
                   num_rows)
         if family in self._sibling_families:
@@ -299,4 +321,5 @@ class GraphedStep:
     def clear_graphs(self) -> None:
         self.graphs.clear()
         self._sibling_families.clear()
+        self._siblings_done.clear()
         self.target.clear_graphs()

@@ -62,7 +62,8 @@ class _ReqState:
 class Runner:
     def __init__(self, target: TargetForward, drafter: Drafter | None, num_pages: int, page_size: int,
                  synthetic: SyntheticAcceptance | None = None, step: StepFn | None = None) -> None:
-        """`synthetic`: benchmark-only acceptance (NOT lossless); `step`: what runs a plan (default `speculative_step`)."""
+        """`synthetic`: benchmark-only acceptance (NOT lossless); `step`: what runs a plan (default `speculative_step`;
+        a step with an ``upload(HostPlan) -> StepPlan`` method, `GraphedStep`, uploads each step's inputs itself)."""
         self.target, self.drafter = target, drafter
         self.synthetic = synthetic
         self.device = target.device
@@ -91,6 +92,7 @@ class Runner:
         return upload(host) if upload is not None else upload_plan(host, self.device)
 
     def _host_plan(self, out: SchedulerOutput) -> HostPlan:
+        """The step's inputs on the host: numpy arrays and lists, no torch call (the waiting distributions by reference)."""
         seqs, ps, k = out.seqs, self.page_size, self.num_drafts
         states = [self.states[s.req_id] for s in seqs]
         num_verify = [s.num_verify for s in seqs]  # 0 for prefill rows
