@@ -6,7 +6,7 @@
 The real engine (`dspark.engine.llm.LLM`) serves C requests of a tiny random-weight Qwen3 (``random:tiny``,
 4 layers of width 64) with a random 1-layer DSpark drafter (γ = 7), so the model's math is small next to
 the host work around it. The runner is the one an H200 runs (`GraphedStep` over `GraphedDenseTarget`, the
-static graph buffers filled every step) in its ``replay_eagerly`` mode: the captured step runs eagerly on
+graph inputs written and copied every step) in its ``replay_eagerly`` mode: the captured step runs eagerly on
 those buffers instead of replaying, on graph sizes every 8 tokens (`fine_ladder`; `--eager`: the plain
 eager runner instead). Drafting policies draw
 their acceptance from `--synthetic-acceptance` (default ``dspark/math``; NOT lossless, benchmark only)
@@ -19,8 +19,9 @@ decode steps, `--steps` steps are timed with `time.perf_counter` around each par
 * schedule  `Scheduler.schedule` less the planner calls inside it (pages, rows, preemption);
 * plan      the planner on the critical path: `plan`, `should_draft` and `observe_step`;
 * overlap   the planner's `prepare`, which runs while the GPU works (hidden there behind a longer step);
-* inputs    `Runner._plan` (the step's integer lists, one upload) and the graph side's host work
-            (`GraphedStep`: its key, the static-buffer fill, the output slices);
+* inputs    `Runner._plan` (the step's `HostPlan`, and `GraphedStep.upload`: its key, the padded layout
+            written and sent in one copy, the waiting distributions' stack) and the graph side's host
+            work (`GraphedStep`: the output slices);
 * forward   `speculative_step` itself (the tiny model; on a GPU this is the graph replay);
 * commit    `Runner._read_back` (the one device-to-host read and the per-row results), `Scheduler.update`
             and the per-request outputs;
@@ -76,6 +77,27 @@ PAGE = 16
 LADDER_STEP = 8  # graph sizes of this bench (see fine_ladder)
 
 
+class _Timed:
+    """A callable timed into `phase`; other attributes are the wrapped callable's (the runner finds a
+    wrapped `GraphedStep`'s `upload` through it)."""
+
+    def __init__(self, fn: Callable, current: dict[str, float], phase: str, nested_in: str | None) -> None:
+        self.fn, self.current, self.phase, self.nested_in = fn, current, phase, nested_in
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            dt = time.perf_counter() - t0
+            self.current[self.phase] += dt
+            if self.nested_in is not None:
+                self.current[self.nested_in] -= dt
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fn, name)
+
+
 class PhaseTimer:
     """Per-step seconds of each phase, from timed wrappers installed as instance attributes (`install`)."""
 
@@ -86,18 +108,7 @@ class PhaseTimer:
 
     def wrap(self, fn: Callable, phase: str, *, nested_in: str | None = None) -> Callable:
         """`fn` timed into `phase` (and taken out of `nested_in`, the phase of a call around it)."""
-        current = self.current
-
-        def timed(*args: object, **kwargs: object) -> object:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                dt = time.perf_counter() - t0
-                current[phase] += dt
-                if nested_in is not None:
-                    current[nested_in] -= dt
-        return timed
+        return _Timed(fn, self.current, phase, nested_in)
 
     def install(self, owner: object, name: str, phase: str, nested_in: str | None = None) -> None:
         """Replace `owner.name` (a method, an instance attribute or a module global) by its timed wrapper."""

@@ -16,9 +16,16 @@ power-of-two bound of what the drafter's attention gathers (context plus committ
 Sequences B .. S_pad are padding rows (no drafts verified, context 0, an all -1 block table: their K/V
 writes land in the null page) whose outputs are sliced off.
 
+Inputs. The runner hands `upload` the step's `HostPlan` (numpy); the host writes every integer and
+float input straight into the key's padded layout (`dspark.engine.input_layout`, padding values
+included) in one reusable pinned buffer, and ONE non-blocking copy moves it into the device buffer
+whose typed slices ARE the tensors the graph was captured on (`dspark.engine.step_inputs`): no
+device-side copies or fills. Only the waiting drafts' distributions [B, γ, V], which live on the
+device, are stacked into their static buffer there (one launch, skipped when no row verifies).
+
 Outputs are views of the graph's static tensors, valid until the next replay; the proposal's draft
 distributions (kept per request until its next verify step) are copied out. ``replay_eagerly`` (tests
-on the CPU) pads into the same buffers and runs `speculative_step` on them instead of a graph.
+on the CPU) sends into the same buffers and runs `speculative_step` on them instead of a graph.
 """
 
 from __future__ import annotations
@@ -31,12 +38,16 @@ import torch
 from dspark.drafters.base import Drafter, FlatAbsorber, Proposal
 from dspark.engine.batch import FlatBatch
 from dspark.engine.graphed_target import MIN_CONTEXT_BUCKET, GraphedDenseTarget, GraphKey
+from dspark.engine.host_plan import HostPlan, upload_plan
+from dspark.engine.input_layout import InputLayout, input_layout
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.messages import ScheduledSeq
 from dspark.engine.step import StepPlan, StepResult, speculative_step
+from dspark.engine.step_inputs import Staged, StepInputs
 from dspark.engine.target import TargetOutput
 from dspark.sampling import RowParams
 
+MAX_ROW_VIEWS = 64  # step shapes whose views a graph keeps (`upload`)
 MAX_UPDATE_POSITIONS = 131072  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber (eager does the same work)
 
 
@@ -71,88 +82,56 @@ class _RawForward:
         return TargetOutput(out.logits, out.features, out.last_hidden)
 
 
-class _PlanBuffers:
-    """Static plan tensors shared by every graph (each graph reads a prefix)."""
+def _padded_plan(key: StepKey, v: dict[str, torch.Tensor], probs: torch.Tensor, index: torch.Tensor,
+                 gamma: int) -> StepPlan:
+    """The plan a graph of `key` is captured on: every tensor a view of the staged inputs `v` (or of the
+    static draft distributions `probs` [S, γ, V] and the row `index` [S]), every row drafting when any does."""
+    s = key.target.num_seqs
+    rows = list(range(s))
+    batch = FlatBatch(v["input_ids"], v["positions"], v["slot_mapping"], v["query_start"], v["context_lens"],
+                      v["block_tables"], v["logits_indices"], max_query_len=key.target.max_query_len,
+                      max_context_len=key.target.max_context_len)
+    params = RowParams(v["temperature"], v["top_k"], v["top_p"], key.top_k_bound, key.any_top_p, key.any_greedy)
+    return StepPlan(batch, [], params, v["seeds"], v["counters"], v["logit_rows"], v["verify_logits"], v["draft_ids"],
+                    probs[:s], v["num_verify"], v["num_new"], v["update_index"], v["next_known"], v["known_anchor"],
+                    rows, rows if key.draft else [], index[:s] if key.draft else index[:0], gamma, key.draft_context,
+                    key.draft_context, v["forced"] if key.forced else None)
 
-    def __init__(self, max_seqs: int, max_tokens: int, gamma: int, vocab: int, max_width: int,
-                 device: torch.device) -> None:
-        long = dict(dtype=torch.long, device=device)
-        s, k1 = max_seqs, gamma + 1
-        self.temperature = torch.ones(s, dtype=torch.float32, device=device)
-        self.top_k = torch.zeros(s, **long)
-        self.top_p = torch.ones(s, dtype=torch.float32, device=device)
-        self.seeds = torch.zeros(s, **long)
-        self.counters = torch.zeros(s, **long)
-        self.logit_rows = torch.zeros(max_tokens, **long)
-        self.verify_logits = torch.zeros(s, k1, **long)
-        self.draft_ids = torch.zeros(s, gamma, **long)
-        self.draft_probs = torch.zeros(s, gamma, vocab, dtype=torch.float32, device=device)
-        self.num_verify = torch.zeros(s, **long)
-        self.num_new = torch.zeros(s, **long)
-        self.update_index = torch.zeros(s, max_width, **long)
-        self.next_known = torch.full((s, max_width), -1, **long)
-        self.known_anchor = torch.full((s,), -1, **long)
-        self.forced = torch.zeros(s, **long)
-        self.index = torch.arange(s, **long)
-        self.gamma = gamma
 
-    def _rows(self) -> list[tuple[torch.Tensor, str, float]]:
-        """(buffer, plan field, padding value) of every per-row tensor."""
-        return [(self.temperature, "temperature", 1.0), (self.top_k, "top_k", 0), (self.top_p, "top_p", 1.0),
-                (self.seeds, "seeds", 0), (self.counters, "counters", 0), (self.verify_logits, "verify_logits", 0),
-                (self.num_verify, "num_verify", 0), (self.num_new, "num_new_host", 0),
-                (self.known_anchor, "known_anchor", -1), (self.draft_ids, "draft_ids", 0),
-                (self.draft_probs, "draft_probs", 0.0), (self.forced, "forced_accepted", 0),
-                (self.update_index, "update_index", 0), (self.next_known, "next_known", -1)]
+RowViews = tuple[torch.Tensor, ...]
 
-    def plan(self, key: StepKey, batch: FlatBatch) -> StepPlan:
-        s, m, w = key.target.num_seqs, key.target.logits_rows, key.update_width
-        rows = list(range(s))
-        params = RowParams(self.temperature[:s], self.top_k[:s], self.top_p[:s], key.top_k_bound, key.any_top_p,
-                           key.any_greedy)
-        empty = self.index[:0]
-        return StepPlan(batch, [], params, self.seeds[:s], self.counters[:s], self.logit_rows[:m],
-                        self.verify_logits[:s], self.draft_ids[:s], self.draft_probs[:s], self.num_verify[:s],
-                        self.num_new[:s], self.update_index[:s, :w], self.next_known[:s, :w], self.known_anchor[:s],
-                        rows, rows if key.draft else [], self.index[:s] if key.draft else empty, self.gamma,
-                        key.draft_context, key.draft_context, self.forced[:s] if key.forced else None)
 
-    def fill(self, key: StepKey, plan: StepPlan) -> None:
-        """Copy a step's plan in, padding rows B .. S_pad and update columns W .. W_pad (device-to-device only)."""
-        b, s, m = len(plan.seqs), key.target.num_seqs, int(plan.logit_rows.shape[0])
-        src = {"temperature": plan.params.temperature, "top_k": plan.params.top_k, "top_p": plan.params.top_p}
-        dst, vals, pads = [], [], []
-        for buf, name, pad in self._rows():
-            val = src[name] if name in src else getattr(plan, name)
-            if val is None or buf.dim() > 1 and buf.shape[1] == 0:
-                continue
-            dst.append(buf[tuple(slice(0, d) for d in val.shape)])
-            vals.append(val)
-            pads.append((buf, pad, val.shape))
-        dst.append(self.logit_rows[:m])
-        vals.append(plan.logit_rows)
-        torch._foreach_copy_(dst, vals)  # one launch
-        for buf, pad, shape in pads:
-            if b < s:
-                buf[b:s].fill_(pad)
-            if (buf is self.update_index or buf is self.next_known) and shape[1] < key.update_width:
-                buf[:b, shape[1]: key.update_width].fill_(pad)
-        if m < key.target.logits_rows:
-            self.logit_rows[m: key.target.logits_rows].zero_()
+def _row_views(v: dict[str, torch.Tensor], probs: torch.Tensor, shape: tuple[int, ...]) -> RowViews:
+    """The leading views a step of `shape` = (B, N, M, pages, W, Rd, forced) reads, in `_rows_plan`'s order."""
+    b, n, m, pages, w, rd, forced = shape
+    return (v["input_ids"][:n], v["positions"][:n], v["slot_mapping"][:n], v["query_start"][: b + 1],
+            v["context_lens"][:b], v["block_tables"][:b, :pages], v["logits_indices"][:m], v["temperature"][:b],
+            v["top_k"][:b], v["top_p"][:b], v["seeds"][:b], v["counters"][:b], v["logit_rows"][:m],
+            v["verify_logits"][:b], v["draft_ids"][:b], probs[:b], v["num_verify"][:b], v["num_new"][:b],
+            v["update_index"][:b, :w], v["next_known"][:b, :w], v["known_anchor"][:b], v["draft_index"][:rd],
+            v["forced"][:b] if forced else None)
 
-    def fill_idle(self, key: StepKey) -> None:
-        """Every row padding (warm-up and capture)."""
-        s = key.target.num_seqs
-        for buf, _, pad in self._rows():
-            buf[:s].fill_(pad)
-        self.logit_rows[: key.target.logits_rows].zero_()
+
+def _rows_plan(host: HostPlan, views: RowViews) -> StepPlan:
+    """The step's own plan (B rows, N tokens, M logits rows) over `_row_views` of the staged inputs just sent."""
+    (ids, pos, slots, qstart, ctx, tables, logits_indices, temperature, top_k, top_p, seeds, counters, logit_rows,
+     verify_logits, draft_ids, probs, num_verify, num_new, update_index, next_known, known_anchor, draft_index,
+     forced) = views
+    batch = FlatBatch(ids, pos, slots, qstart, ctx, tables, logits_indices, max_query_len=host.max_query_len,
+                      max_context_len=host.max_context)
+    params = RowParams(temperature, top_k, top_p, host.max_top_k, host.any_top_p, host.any_greedy)
+    return StepPlan(batch, host.seqs, params, seeds, counters, logit_rows, verify_logits, draft_ids, probs, num_verify,
+                    num_new, update_index, next_known, known_anchor, host.sampled_rows, host.draft_rows, draft_index,
+                    host.num_drafts, host.max_context, host.draft_length, forced)
 
 
 @dataclass
 class _Captured:
-    plan: StepPlan  # over the static buffers
+    plan: StepPlan  # over the staged inputs
     result: StepResult | None  # the graph's static outputs (None: replayed eagerly)
     graph: torch.cuda.CUDAGraph | None
+    inputs: Staged  # the key's input layout over the shared buffers
+    row_views: dict[tuple[int, ...], RowViews] = dataclasses.field(default_factory=dict)  # by step shape (bounded)
 
 
 class GraphedStep:
@@ -169,7 +148,12 @@ class GraphedStep:
         self.replay_eagerly = target.replay_eagerly
         self.graphs: dict[StepKey, _Captured] = {}
         self._sibling_families: set[tuple[StepKey, int]] = set()  # (key without its shape, rows): siblings captured
-        self._buffers: _PlanBuffers | None = None
+        self._siblings_done: set[tuple[StepKey, int]] = set()  # (key, rows) whose family is captured
+        self._inputs: StepInputs | None = None  # every integer / float input, one layout per key
+        self._probs: torch.Tensor | None = None  # [S, γ, V] the waiting drafts' distributions (stay on the device)
+        self._index: torch.Tensor | None = None  # [S] 0 .. S-1: the draft rows of a graph (every row drafts)
+        self._no_probs: torch.Tensor | None = None  # [γ, V] zeros: a row verifying no drafts
+        self._staged: tuple[StepPlan, _Captured] | None = None  # the plan `upload` sent last, and its graph
         self._raw = _RawForward(target)
         self.num_graph_steps = self.num_eager_steps = 0
 
@@ -177,17 +161,45 @@ class GraphedStep:
     def enabled(self) -> bool:
         return self.target.use_graphs or self.replay_eagerly
 
-    def __call__(self, plan: StepPlan) -> StepResult:
-        key = self.key(plan)
+    def upload(self, host: HostPlan) -> StepPlan:
+        """The step's inputs on the device: for a graphed step written in its graph's padded layout and sent
+        in one copy into the buffers the graph reads (the plan returned is B-row views of them, valid until
+        the next `upload`); else `upload_plan`'s eager plan. Captures the step's graph (and its siblings)
+        first when new, since a capture writes padding into the same buffers."""
+        key = self.key(host)
         if key is None:
-            self.num_eager_steps += 1
-            return speculative_step(plan, self.target, self.drafter, self.draft_kv)
+            return upload_plan(host, self.target.device)
         entry = self.graphs.get(key)
         if entry is None:
             entry = self.capture(key)
-        self.capture_siblings(key, len(plan.seqs))
-        self.target.static_buffers().fill(key.target, plan.batch)
-        self._buffers.fill(key, plan)
+        self.capture_siblings(key, host.num_seqs)
+        self._inputs.send(entry.inputs, host)
+        self._gather_probs(host)
+        shape = (host.num_seqs, int(host.input_ids.shape[0]), int(host.logit_rows.shape[0]), int(host.tables.shape[1]),
+                 int(host.update_index.shape[1]), len(host.draft_rows), int(host.forced is not None))
+        views = entry.row_views.get(shape)
+        if views is None:  # a steady workload repeats a handful of shapes: keep their views
+            if len(entry.row_views) >= MAX_ROW_VIEWS:
+                entry.row_views.clear()
+            views = entry.row_views[shape] = _row_views(entry.inputs.device, self._probs, shape)
+        plan = _rows_plan(host, views)
+        self._staged = (plan, entry)
+        return plan
+
+    def _gather_probs(self, host: HostPlan) -> None:
+        """The waiting drafts' distributions into the static [S, γ, V] buffer (one device-side stack; rows
+        verifying none get zeros). Skipped when no row verifies: then nothing reads them."""
+        if self.gamma == 0 or not host.num_verify.any():
+            return
+        probs = [self._no_probs if p is None else p[: self.gamma] for p in host.waiting_probs]
+        torch.stack(probs, out=self._probs[: host.num_seqs])
+
+    def __call__(self, plan: StepPlan) -> StepResult:
+        staged, self._staged = self._staged, None
+        if staged is None or staged[0] is not plan:  # not sent by `upload` (no graph serves it): eager
+            self.num_eager_steps += 1
+            return speculative_step(plan, self.target, self.drafter, self.draft_kv)
+        entry = staged[1]
         if entry.graph is not None:
             entry.graph.replay()
             result = entry.result
@@ -196,14 +208,12 @@ class GraphedStep:
         self.num_graph_steps += 1
         return self._slice(result, plan)
 
-    def key(self, plan: StepPlan) -> StepKey | None:
-        """The graph that serves this plan, or None (an eager step)."""
+    def key(self, host: HostPlan) -> StepKey | None:
+        """The graph that serves this step, or None (an eager step)."""
         if not self.enabled:
             return None
-        batch = plan.batch
-        max_q, max_ctx = self.target.host_bounds(batch, plan.seqs)
-        tkey = self.target.graph_key(batch.num_tokens, batch.num_seqs, max_q, max_ctx, batch.block_tables.shape[1],
-                                     self.layer_ids, int(plan.logit_rows.shape[0]))
+        tkey = self.target.graph_key(int(host.input_ids.shape[0]), host.num_seqs, host.max_query_len, host.max_context,
+                                     int(host.tables.shape[1]), self.layer_ids, int(host.logit_rows.shape[0]))
         if tkey is None or tkey.num_seqs > self.max_seqs:
             return None
         width = 0
@@ -211,31 +221,42 @@ class GraphedStep:
             width = max(tkey.max_query_len, self.gamma + 1)
             if width * tkey.num_seqs > MAX_UPDATE_POSITIONS or width > self.target.sizes[-1]:
                 return None
-        p = plan.params
-        top_k = 0 if p.max_top_k == 0 else (self.target.vocab_size if p.max_top_k < 0 else
-                                            min(_pow2_at_least(p.max_top_k, 1), self.target.vocab_size))
+        top_k = 0 if host.max_top_k == 0 else (self.target.vocab_size if host.max_top_k < 0 else
+                                               min(_pow2_at_least(host.max_top_k, 1), self.target.vocab_size))
         draft_ctx = 0
         if self.drafter is not None:  # the proposal gathers this many positions: within the block tables
-            draft_ctx = min(_pow2_at_least(plan.draft_length, MIN_CONTEXT_BUCKET), self.target.max_model_len)
-        return StepKey(tkey, top_k, p.any_top_p, p.any_greedy, bool(plan.draft_rows), plan.forced_accepted is not None,
+            draft_ctx = min(_pow2_at_least(host.draft_length, MIN_CONTEXT_BUCKET), self.target.max_model_len)
+        return StepKey(tkey, top_k, host.any_top_p, host.any_greedy, bool(host.draft_rows), host.forced is not None,
                        draft_ctx, width)
+
+    def _layout(self, key: StepKey) -> InputLayout:
+        t = key.target
+        return input_layout(t.num_tokens, t.num_seqs, t.logits_rows, self.gamma, key.update_width,
+                            self.target.max_pages, key.forced)
+
+    def _allocate(self) -> None:
+        """The shared buffers, sized for the largest key."""
+        sizes, device = self.target.sizes, self.target.device
+        largest = input_layout(sizes[-1], self.max_seqs, sizes[-1], self.gamma,
+                               sizes[-1] if self.per_row_update else 0, self.target.max_pages, True)
+        self._inputs = StepInputs(largest.nbytes, device)
+        self._probs = torch.zeros(self.max_seqs, self.gamma, self.target.vocab_size, dtype=torch.float32, device=device)
+        self._index = torch.arange(self.max_seqs, dtype=torch.long, device=device)
+        self._no_probs = torch.zeros(self.gamma, self.target.vocab_size, dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def capture(self, key: StepKey) -> _Captured:
         """Capture (or, in `replay_eagerly` mode, only prepare) the graph of `key`."""
-        if self._buffers is None:
-            width = self.target.sizes[-1] if self.per_row_update else 0
-            self._buffers = _PlanBuffers(self.max_seqs, self.target.sizes[-1], self.gamma, self.target.vocab_size,
-                                         width, self.target.device)
-        static = self.target.static_buffers()
-        plan = self._buffers.plan(key, static.batch(key.target))
+        if self._inputs is None:
+            self._allocate()
+        inputs = self._inputs.stage(self._layout(key))
+        plan = _padded_plan(key, inputs.device, self._probs, self._index, self.gamma)
         if not self.target.use_graphs:
-            entry = _Captured(plan, None, None)
+            entry = _Captured(plan, None, None, inputs)
             self.graphs[key] = entry
             return entry
         device = self.target.device
-        static.fill_idle(key.target)
-        self._buffers.fill_idle(key)
+        self._inputs.send(inputs, None)  # every row padding
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):  # compile kernels and pick GEMM algorithms outside the capture
@@ -246,7 +267,7 @@ class GraphedStep:
         with torch.cuda.graph(graph, pool=self.target.graph_pool()):
             result = speculative_step(plan, self._raw, self.drafter, self.draft_kv)
         self.target.keep_pool(graph.pool())
-        entry = _Captured(plan, result, graph)
+        entry = _Captured(plan, result, graph, inputs)
         self.graphs[key] = entry
         return entry
 
@@ -271,8 +292,9 @@ class GraphedStep:
 
     def capture_siblings(self, key: StepKey, num_rows: int) -> None:
         """Capture `key`'s siblings for `num_rows` rows, once per such family."""
-        if key.target.max_query_len != self.gamma + 1:
+        if key.target.max_query_len != self.gamma + 1 or (key, num_rows) in self._siblings_done:
             return
+        self._siblings_done.add((key, num_rows))
         family = (dataclasses.replace(key, target=dataclasses.replace(key.target, num_tokens=0, num_seqs=0, num_logits=0)),
                   num_rows)
         if family in self._sibling_families:
@@ -299,4 +321,5 @@ class GraphedStep:
     def clear_graphs(self) -> None:
         self.graphs.clear()
         self._sibling_families.clear()
+        self._siblings_done.clear()
         self.target.clear_graphs()

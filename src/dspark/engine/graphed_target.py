@@ -247,7 +247,7 @@ class GraphedDenseTarget:
         return TargetOutput(out.logits[:m], None if out.features is None else out.features[:n], out.last_hidden[:n])
 
     def static_buffers(self) -> _StaticBuffers:
-        """The input buffers every graph reads (`dspark.engine.graphed_step` captures over them too)."""
+        """The input buffers every graph of this target reads (`dspark.engine.graphed_step` has its own)."""
         if self._static is None:
             self._static = _StaticBuffers(self.sizes[-1], self.max_pages, self.device)
         return self._static

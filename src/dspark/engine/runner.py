@@ -1,7 +1,9 @@
 """`Runner`: executes a `SchedulerOutput` on a target backend and a drafter, returns a `RunnerOutput`.
 
-It turns the scheduler's lists into the step's tensors (`StepPlan`), calls
-`dspark.engine.step.speculative_step`, and reads the results back to the host ONCE per step (one packed
+It turns the scheduler's lists into the step's inputs on the host (`dspark.engine.host_plan.HostPlan`),
+uploads them (the step's own `upload` when it has one: `GraphedStep` writes its graphs' padded layout
+and sends it in one copy; else `upload_plan`), calls `dspark.engine.step.speculative_step` (or the
+graph), and reads the results back to the host ONCE per step (one packed
 transfer). Per request it keeps only what must stay on the device between steps: the waiting drafts'
 exact distributions, plus the request's sampling parameters and seed.
 
@@ -21,16 +23,20 @@ import numpy as np
 import torch
 
 from dspark.drafters.base import Drafter, FlatAbsorber
-from dspark.engine.batch import FlatBatch
+from dspark.engine.host_plan import HostPlan, upload_plan
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.layout import flat_layout, ragged_to_padded
 from dspark.engine.messages import RunnerOutput, SchedulerOutput, SeqResult
 from dspark.engine.step import StepPlan, StepResult, speculative_step
 from dspark.engine.target import TargetForward
-from dspark.sampling import RowParams, SamplingParams
+from dspark.sampling import SamplingParams
 
 
 StepFn = Callable[[StepPlan], StepResult]
+
+
+def _ints(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
 class SyntheticAcceptance(Protocol):
@@ -53,35 +59,11 @@ class _ReqState:
     draft_probs: torch.Tensor | None = None  # [γ, V] exact distributions of the waiting drafts
 
 
-class _Upload:
-    """Integer arrays packed into one int64 buffer, sent to the device in one copy, returned as views."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.parts: list[np.ndarray] = []
-
-    def add(self, values: np.ndarray | list, width: int | None = None) -> int:
-        """Queue an array, a 1-D list, or a 2-D list of rows of `width` items; returns its index for `send`."""
-        arr = np.asarray(values, dtype=np.int64)
-        if width is not None and arr.ndim != 2:
-            arr = arr.reshape(-1, width)
-        self.parts.append(arr)
-        return len(self.parts) - 1
-
-    def send(self) -> list[torch.Tensor]:
-        packed = torch.from_numpy(np.concatenate([p.reshape(-1) for p in self.parts]))
-        if self.device.type == "cuda":
-            packed = packed.pin_memory().to(self.device, non_blocking=True)
-        else:
-            packed = packed.to(self.device)
-        parts = torch.split(packed, [p.size for p in self.parts])  # views, one call
-        return [part if p.ndim == 1 else part.view(p.shape) for part, p in zip(parts, self.parts)]
-
-
 class Runner:
     def __init__(self, target: TargetForward, drafter: Drafter | None, num_pages: int, page_size: int,
                  synthetic: SyntheticAcceptance | None = None, step: StepFn | None = None) -> None:
-        """`synthetic`: benchmark-only acceptance (NOT lossless); `step`: what runs a plan (default `speculative_step`)."""
+        """`synthetic`: benchmark-only acceptance (NOT lossless); `step`: what runs a plan (default `speculative_step`;
+        a step with an ``upload(HostPlan) -> StepPlan`` method, `GraphedStep`, uploads each step's inputs itself)."""
         self.target, self.drafter = target, drafter
         self.synthetic = synthetic
         self.device = target.device
@@ -104,7 +86,14 @@ class Runner:
 
     # ------------------------------------------------------------------------------ plan
     def _plan(self, out: SchedulerOutput) -> StepPlan:
-        seqs, dev, ps, k = out.seqs, self.device, self.page_size, self.num_drafts
+        """The step's `StepPlan`: through the step's own `upload` when it has one (`GraphedStep`), else `upload_plan`."""
+        host = self._host_plan(out)
+        upload = getattr(self.step, "upload", None)
+        return upload(host) if upload is not None else upload_plan(host, self.device)
+
+    def _host_plan(self, out: SchedulerOutput) -> HostPlan:
+        """The step's inputs on the host: numpy arrays and lists, no torch call (the waiting distributions by reference)."""
+        seqs, ps, k = out.seqs, self.page_size, self.num_drafts
         states = [self.states[s.req_id] for s in seqs]
         num_verify = [s.num_verify for s in seqs]  # 0 for prefill rows
         toks = [s.token_ids if s.prefill else s.token_ids + st.draft_ids[: s.num_verify] for s, st in zip(seqs, states)]
@@ -115,8 +104,8 @@ class Runner:
         draft_length = max(c + n for c, n in zip(ctx, qlens))
         max_pages = max(-(-draft_length // ps), max(len(s.block_table) for s in seqs), 1)
         tables = ragged_to_padded([s.block_table for s in seqs], max_pages, -1)
-        lay = flat_layout(np.asarray(ctx, dtype=np.int64), np.asarray(qlens, dtype=np.int64), decode, sample_first,
-                          tables, ps, k)
+        ctx_arr = np.asarray(ctx, dtype=np.int64)
+        lay = flat_layout(ctx_arr, np.asarray(qlens, dtype=np.int64), decode, sample_first, tables, ps, k)
         num_new = [len(s.token_ids) if s.prefill else 0 for s in seqs]
         known_anchor = [s.next_token if s.prefill and s.next_token is not None and s.final_chunk else -1 for s in seqs]
         sampled_rows = [b for b, s in enumerate(seqs) if not s.prefill or s.sample_first]
@@ -125,31 +114,19 @@ class Runner:
         draft_ids = ragged_to_padded([st.draft_ids[: min(n, k)] for st, n in zip(states, num_verify)], k, 0)
         forced = None
         if self.synthetic is not None:
-            forced = [0 if s.prefill else self.synthetic.accepted(s.req_id, s.num_verify) for s in seqs]
+            forced = _ints([0 if s.prefill else self.synthetic.accepted(s.req_id, s.num_verify) for s in seqs])
         ids = np.fromiter(itertools.chain.from_iterable(toks), dtype=np.int64, count=lay.positions.size)
-        up = _Upload(dev)  # every integer of the plan in ONE host-to-device copy
-        fields = dict(ids=up.add(ids), pos=up.add(lay.positions), slots=up.add(lay.slots), qstart=up.add(lay.query_start),
-                      ctx=up.add(ctx), tables=up.add(tables), logits_indices=up.add(lay.logits_indices),
-                      seeds=up.add([st.seed for st in states]), counters=up.add([s.rng_counter for s in seqs]),
-                      logit_rows=up.add(lay.logit_rows), verify_logits=up.add(lay.verify_logits),
-                      draft_ids=up.add(draft_ids), num_verify=up.add(num_verify),
-                      update_index=up.add(update_index), next_known=up.add(next_known), num_new=up.add(num_new),
-                      draft_index=up.add(draft_rows), known_anchor=up.add(known_anchor),
-                      top_k=up.add([st.params.top_k for st in states]),
-                      forced=up.add(forced if forced is not None else []))
-        t = up.send()
-        f = {name: t[i] for name, i in fields.items()}
         params = [st.params for st in states]
-        floats = torch.tensor([[p.temperature for p in params], [p.top_p for p in params]], dtype=torch.float32).to(dev)
-        row_params = RowParams(floats[0], f["top_k"], floats[1], max((p.top_k for p in params), default=0),
-                               any(p.top_p < 1.0 for p in params), any(p.greedy for p in params))
-        batch = FlatBatch(f["ids"], f["pos"], f["slots"], f["qstart"], f["ctx"], f["tables"].int(), f["logits_indices"],
-                          max_query_len=max(qlens), max_context_len=max(ctx))
-        return StepPlan(batch, seqs, row_params, f["seeds"], f["counters"], f["logit_rows"], f["verify_logits"],
-                        f["draft_ids"], self._waiting_probs(states, num_verify, k, self.target.vocab_size),
-                        f["num_verify"], f["num_new"], f["update_index"], f["next_known"], f["known_anchor"],
-                        sampled_rows, draft_rows, f["draft_index"], k, max(ctx), draft_length,
-                        f["forced"] if forced is not None else None)
+        probs = [st.draft_probs if n else None for st, n in zip(states, num_verify)]
+        return HostPlan(seqs, ids, lay.positions, lay.slots, lay.query_start, ctx_arr, tables, lay.logits_indices,
+                        _ints([st.seed for st in states]), _ints([s.rng_counter for s in seqs]), lay.logit_rows,
+                        lay.verify_logits, draft_ids, _ints(num_verify), _ints(num_new), update_index, next_known,
+                        _ints(known_anchor), _ints([p.top_k for p in params]),
+                        np.asarray([p.temperature for p in params], dtype=np.float32),
+                        np.asarray([p.top_p for p in params], dtype=np.float32), forced, _ints(draft_rows),
+                        sampled_rows, draft_rows, probs, max((p.top_k for p in params), default=0),
+                        any(p.top_p < 1.0 for p in params), any(p.greedy for p in params), max(qlens), max(ctx),
+                        draft_length, k, self.target.vocab_size)
 
     def _update_layout(self, seqs, qlens: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """[B, W] flat token of slot w of each seq (clamped) and the token after it when known (-1: drawn this step).
@@ -171,17 +148,6 @@ class Runner:
                 if seq.next_token is not None:
                     next_known[row, n - 1] = seq.next_token
         return update_index, next_known
-
-    def _waiting_probs(self, states: list[_ReqState], num_verify: list[int], k: int, vocab: int) -> torch.Tensor:
-        """Exact distributions of the waiting drafts [B, k, V], one stack (zeros for rows verifying none).
-
-        Slots past a row's ℓ hold whatever its proposal had: `rejection_sample` never reads them.
-        """
-        probs = [st.draft_probs if n else None for st, n in zip(states, num_verify)]
-        if k == 0 or all(p is None for p in probs):
-            return torch.zeros(len(states), k, vocab, device=self.device)
-        empty = torch.zeros(max(self.num_drafts, k), vocab, dtype=torch.float32, device=self.device)
-        return torch.stack([empty if p is None else p for p in probs])[:, :k]
 
     # ------------------------------------------------------------------------------ execute
     def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> RunnerOutput:
