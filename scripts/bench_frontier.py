@@ -145,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--plot", help="PNG of throughput against per-user tokens/s per policy")
     p.add_argument("--json-out", help="write the JSON result here too")
+    p.add_argument("--memory-snapshot", help="CUDA: record allocations and write torch's memory snapshot (pickle) "
+                   "here on an out-of-memory error (view it at pytorch.org/memory_viz)")
     p.add_argument("--simulate", action="store_true", help="simulate every point with the engine's own costs and "
                    "acceptance trace, and report the simulator's error")
     p.add_argument("--sim-dir", help="with --simulate: keep each policy's SPS table, cost terms and trace here")
@@ -282,7 +284,31 @@ def graph_counts(llm: LLM) -> dict[str, int]:
     step = llm.runner.step
     if not hasattr(step, "graphs"):
         return {}
-    return {"graphs": len(step.graphs), "graph_steps": step.num_graph_steps, "eager_steps": step.num_eager_steps}
+    out = {"graphs": len(step.graphs), "graph_steps": step.num_graph_steps, "eager_steps": step.num_eager_steps}
+    if torch.cuda.is_available():  # device memory held (GiB): where a long grid runs out, and why
+        out.update(mem_gib=round(torch.cuda.memory_allocated() / 2**30, 2),
+                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2))
+    return out
+
+
+def memory_report(printer: Printer, top: int = 15) -> None:
+    """After a CUDA out-of-memory error: the allocator's totals and the largest live tensors by shape."""
+    sizes: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    seen = 0
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and obj.is_cuda:
+                seen += 1
+                key = (str(obj.dtype), tuple(obj.shape))
+                sizes.setdefault(key, []).append(obj.untyped_storage().nbytes())
+        except Exception:  # objects that fail to answer isinstance / storage: not tensors we can size
+            continue
+    stats = torch.cuda.memory_stats()
+    printer.log(f"memory: allocated {stats.get('allocated_bytes.all.current', 0) / 2**30:.2f} GiB, "
+                f"reserved {stats.get('reserved_bytes.all.current', 0) / 2**30:.2f} GiB; {seen} CUDA tensors seen by gc")
+    ranked = sorted(sizes.items(), key=lambda kv: -sum(kv[1]))[:top]
+    for (dtype, shape), nbytes in ranked:
+        printer.log(f"  {len(nbytes):5d} x {dtype} {list(shape)}: {sum(nbytes) / 2**30:.2f} GiB (storage)")
 
 
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
@@ -301,11 +327,18 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
             point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm)}
             points.append(point)
             runs.append(run)
+            mem = f", {point.extra['mem_gib']} GiB held" if "mem_gib" in point.extra else ""
             printer.log(f"{spec.name} c={c}: {point.throughput:.1f} tok/s, {point.per_user_mean:.1f} tok/s/user, "
-                        f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s")
+                        f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s, {point.extra.get('graphs', 0)} graphs{mem}")
         if timer is not None:
             timer.restore(llm)
         sim = simulate_policy(spec, llm, prompts, points, runs, timer, args, printer) if args.simulate else None
+    except torch.cuda.OutOfMemoryError:
+        memory_report(printer)
+        if args.memory_snapshot:
+            torch.cuda.memory._dump_snapshot(args.memory_snapshot)
+            printer.log(f"memory snapshot written to {args.memory_snapshot}")
+        raise
     finally:
         del llm
         gc.collect()
@@ -456,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.target and args.target.startswith("random:") and not args.synthetic_acceptance:
             raise ConfigError("a random-weight target accepts nothing: give --synthetic-acceptance PRESET|FILE")
+        if args.memory_snapshot and torch.cuda.is_available():
+            torch.cuda.memory._record_memory_history(max_entries=200_000)
         target, drafter, device, dtype = load_models(args)
         prompts = prompt_set(args, target)
         for spec in engine_specs(args, target, drafter, printer):

@@ -167,3 +167,4 @@ def test_same_seed_same_tokens_alone_or_in_a_batch_of_32(weak):
     while crowd.has_unfinished():
         crowd.step()
     assert crowd.result(ids[17]).token_ids == one.token_ids
+

@@ -159,6 +159,10 @@ class Sampler(Protocol):
         """probs [R, V] -> token ids [R] (argmax for greedy rows)."""
         ...
 
+    def stack(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """The slots' [R, V] distributions -> [R, γ, V] (where the caller wants them: a graph's shared buffer)."""
+        ...
+
 
 class ScalarSampler:
     """One `SamplingParams` for every row and one `torch.Generator` (the Python API's default)."""
@@ -171,6 +175,9 @@ class ScalarSampler:
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
         return draw(probs, self.params, self.generator)
+
+    def stack(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(probs, dim=1)
 
 
 def as_sampler(params: SamplingParams | Sampler, generator: torch.Generator | None = None) -> Sampler:

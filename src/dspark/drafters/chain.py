@@ -115,4 +115,4 @@ class ChainDrafter(nn.Module):
             feature, k, v = self.step(feature, token.unsqueeze(1), position, keys_k, keys_v, mask)
             step_k.append(k)
             step_v.append(v)
-        return Proposal(torch.stack(ids, dim=1), torch.stack(probs, dim=1))
+        return Proposal(torch.stack(ids, dim=1), sampler.stack(probs))

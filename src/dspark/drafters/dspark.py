@@ -202,7 +202,7 @@ class DSparkDrafter(nn.Module):
         with record_function("draft.lm_head"):
             base = self.lm_head(hidden)  # [R, γ, V]
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
-            probs = sampler.probs(base)
+            probs = sampler.stack(list(sampler.probs(base).unbind(1)))  # into the caller's buffer, if any
             return Proposal(sampler.draw(probs), probs)
         with record_function("draft.sequential"):
             return self._sample_sequential(base, hidden, anchor_ids, sampler)
@@ -228,4 +228,4 @@ class DSparkDrafter(nn.Module):
         if self.confidence_head is not None:  # c_k depends on x_{k-1} only: one batched call after sampling
             prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)
             confidence = calibrated_confidence(self.confidence_logits(hidden, prev_ids), self.calibration_temperatures)
-        return Proposal(draft_ids, torch.stack(probs, dim=1), confidence)
+        return Proposal(draft_ids, sampler.stack(probs), confidence)

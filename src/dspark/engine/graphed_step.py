@@ -151,6 +151,7 @@ class GraphedStep:
         self._siblings_done: set[tuple[StepKey, int]] = set()  # (key, rows) whose family is captured
         self._inputs: StepInputs | None = None  # every integer / float input, one layout per key
         self._probs: torch.Tensor | None = None  # [S, γ, V] the waiting drafts' distributions (stay on the device)
+        self._proposal_out: torch.Tensor | None = None  # [S, γ, V] what every graph's proposal writes
         self._index: torch.Tensor | None = None  # [S] 0 .. S-1: the draft rows of a graph (every row drafts)
         self._no_probs: torch.Tensor | None = None  # [γ, V] zeros: a row verifying no drafts
         self._staged: tuple[StepPlan, _Captured] | None = None  # the plan `upload` sent last, and its graph
@@ -243,6 +244,9 @@ class GraphedStep:
         self._probs = torch.zeros(self.max_seqs, self.gamma, self.target.vocab_size, dtype=torch.float32, device=device)
         self._index = torch.arange(self.max_seqs, dtype=torch.long, device=device)
         self._no_probs = torch.zeros(self.gamma, self.target.vocab_size, dtype=torch.float32, device=device)
+        # the proposal's [S, γ, V] distributions of every graph: one buffer, not one per graph (1 GiB at S = 256
+        # for a 150k vocabulary, and a family of sibling graphs per row count ran an H200 out of memory)
+        self._proposal_out = torch.zeros_like(self._probs) if self.drafter is not None else None
 
     @torch.no_grad()
     def capture(self, key: StepKey) -> _Captured:
@@ -251,6 +255,7 @@ class GraphedStep:
             self._allocate()
         inputs = self._inputs.stage(self._layout(key))
         plan = _padded_plan(key, inputs.device, self._probs, self._index, self.gamma)
+        plan.proposal_out = self._proposal_out  # every graph's proposal in one buffer: `_slice` copies it out
         if not self.target.use_graphs:
             entry = _Captured(plan, None, None, inputs)
             self.graphs[key] = entry

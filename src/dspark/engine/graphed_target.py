@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dspark.kernels import HAS_TRITON
 from dspark.engine.batch import FlatBatch
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.messages import ScheduledSeq
@@ -206,6 +207,8 @@ class GraphedDenseTarget:
 
     def context_bound(self, num_seqs: int, max_query_len: int, max_context_len: int) -> int:
         full = self.max_model_len - max_query_len
+        if (num_seqs, max_query_len) not in self._splits and not HAS_TRITON:  # the eager reference: no split-K
+            self._splits[num_seqs, max_query_len] = False
         if (num_seqs, max_query_len) not in self._splits:
             from dspark.kernels import plan_attention
 

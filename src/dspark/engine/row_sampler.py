@@ -42,8 +42,10 @@ def temperature_only(params: RowParams) -> bool:
 
 class RowSampler:
     def __init__(self, params: RowParams, seeds: torch.Tensor, counters: torch.Tensor,
-                 uniforms: torch.Tensor | None = None) -> None:
-        """`uniforms` [R, U]: the streams' next U draws, already computed (the step draws them all at once)."""
+                 uniforms: torch.Tensor | None = None, out: torch.Tensor | None = None) -> None:
+        """`uniforms` [R, U]: the streams' next U draws, already computed (the step draws them all at once);
+        `out` [≥R, γ, V]: where `stack` writes the draft distributions (a graphed step's one shared buffer)."""
+        self.out = out
         self.params = params
         self.seeds = seeds  # [R] int64
         self._counters, self._advanced = counters, 0  # [R] int64 and how far every draw has moved them
@@ -65,6 +67,12 @@ class RowSampler:
         else:
             probs = processed_probs_rows(flat, self.params.repeat(per_row) if per_row > 1 else self.params)
         return probs.reshape(logits.shape)
+
+    def stack(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        """[R, V] per slot -> [R, γ, V], into `out` when given (no allocation of its own)."""
+        if self.out is None:
+            return torch.stack(probs, dim=1)
+        return torch.stack(probs, dim=1, out=self.out[: probs[0].shape[0]])
 
     def uniforms(self, num: int) -> torch.Tensor:
         """The next `num` draws of every row's stream: [R, num] float64."""

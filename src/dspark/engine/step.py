@@ -68,6 +68,7 @@ class StepPlan:
     max_context: int  # host bound of context_lens
     draft_length: int  # host bound of context_lens + committed positions (what the proposal's context reads)
     forced_accepted: torch.Tensor | None = None  # [B] synthetic acceptance (benchmarks only, NOT lossless)
+    proposal_out: torch.Tensor | None = None  # [≥R, γ, V] where the proposal's distributions go (graphs: shared)
 
 
 @dataclass
@@ -131,7 +132,8 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
     anchors = torch.where(plan.known_anchor >= 0, plan.known_anchor, drawn)
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + num_new)[rows],
                                            plan.draft_length))
-    sampler = RowSampler(plan.params.select(rows), plan.seeds[rows], plan.counters[rows] + g + 1, uniforms[rows, g + 1:])
+    sampler = RowSampler(plan.params.select(rows), plan.seeds[rows], plan.counters[rows] + g + 1, uniforms[rows, g + 1:],
+                         plan.proposal_out)
     with record_function("step.propose"):
         proposal = drafter.draft(sub, None if carry is None else carry[rows], anchors[rows], sampler)
     return StepResult(out_ids, num_accepted, proposal)
