@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
@@ -142,6 +143,14 @@ class DSparkDrafter(nn.Module):
         self._fused_weights = fused.fused_weights(self, self._fused_weights)
         return fused, self._fused_weights
 
+    def _project(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x @ weight.T: the fused path's GEMM (the skinny kernel for few rows where it is faster) or F.linear."""
+        if self.uses_fused_path():
+            from dspark.kernels.skinny_gemm import linear  # lazy: imports Triton
+
+            return linear(x, weight)
+        return F.linear(x, weight)
+
     @property
     def context_layers(self) -> int:
         return self.config.num_hidden_layers
@@ -200,7 +209,7 @@ class DSparkDrafter(nn.Module):
         with record_function("draft.backbone"):
             hidden = self.block_hidden(state, anchor_ids)
         with record_function("draft.lm_head"):
-            base = self.lm_head(hidden)  # [R, γ, V]
+            base = self._project(hidden, self.lm_head.weight)  # [R, γ, V]: one GEMM for every slot
         if self.markov_head is None and self.confidence_head is None:  # DFlash: slots are independent
             probs = sampler.stack(list(sampler.probs(base).unbind(1)))  # into the caller's buffer, if any
             return Proposal(sampler.draw(probs), probs)
@@ -217,7 +226,7 @@ class DSparkDrafter(nn.Module):
         for k in range(base.shape[1]):
             logits = base[:, k]
             if self.markov_head is not None:
-                bias, head_state = self.markov_head.step(prev, hidden[:, k], head_state)
+                bias, head_state = self.markov_head.step(prev, hidden[:, k], head_state, self._project)
                 logits = logits + bias
             p = sampler.probs(logits)  # [R, V]
             prev = sampler.draw(p)

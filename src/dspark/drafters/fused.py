@@ -6,7 +6,8 @@ tests); training and teacher-forced scoring (`score_block`, `context_kv`, `backb
 modules of `dspark.drafters.layers`, which remain the reference.
 
 Per draft layer the block (R rows × γ slots, flat N = R·γ) runs: residual add + RMSNorm (one kernel),
-one fused QKV GEMM, q/k RMSNorm + rotary (one kernel, `fused_ops.qk_norm_rope`), attention over the
+one fused QKV GEMM (every GEMM of the block through `dspark.kernels.skinny_gemm.linear`: a
+weight-streaming kernel for few rows where it measured faster than cuBLAS), q/k RMSNorm + rotary (one kernel, `fused_ops.qk_norm_rope`), attention over the
 paged context plus the block's own K/V (one kernel, `dspark.kernels.block_attention`, no gather and no
 mask), o_proj, add + RMSNorm, one fused gate/up GEMM, SiLU·up (one kernel), down_proj. The absorb
 projects the context features once (fc, RMSNorm) and then every layer's k/v in ONE GEMM, and writes
@@ -27,12 +28,12 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dspark.drafters.base import ContextKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
 from dspark.kernels.block_attention import block_attention
+from dspark.kernels.skinny_gemm import linear
 from dspark.models.fused_ops import add_rms_norm, qk_norm_rope, qk_norm_rope_store, silu_mul
 
 
@@ -120,13 +121,15 @@ def block_hidden(net: DraftNetwork, weights: FusedWeights, block_ids: torch.Tens
     for i, (layer, w) in enumerate(zip(net.layers, weights.layers)):
         attn = layer.self_attn
         residual, x = add_rms_norm(delta, residual, layer.input_layernorm.weight, layer.input_layernorm.eps)
-        q, k, v = qk_norm_rope(F.linear(x, w.qkv, w.qkv_bias), cos, sin, attn.q_norm.weight, attn.k_norm.weight,
+        q, k, v = qk_norm_rope(linear(x, w.qkv, w.qkv_bias), cos, sin, attn.q_norm.weight, attn.k_norm.weight,
                                attn.q_norm.eps, attn.heads, attn.kv_heads, attn.head_dim, rows)
         k_cache, v_cache, tables = kv.pages(i)
         out = block_attention(q, k, v, k_cache, v_cache, tables, kv.length, attn.head_dim ** -0.5, kv.max_length)
         norm = layer.post_attention_layernorm
-        residual, x = add_rms_norm(attn.o_proj(out.view(n, -1)), residual, norm.weight, norm.eps)
-        delta = layer.mlp.down_proj(silu_mul(F.linear(x, w.gate_up)))
+        o = linear(out.view(n, -1), attn.o_proj.weight, attn.o_proj.bias)
+        residual, x = add_rms_norm(o, residual, norm.weight, norm.eps)
+        down = layer.mlp.down_proj
+        delta = linear(silu_mul(linear(x, w.gate_up)), down.weight, down.bias)
     _, last = add_rms_norm(delta, residual, net.norm.weight, net.norm.eps)
     return last.view(r, g, -1)
 
@@ -135,9 +138,9 @@ def _context_kv_rows(net: DraftNetwork, weights: FusedWeights, features: torch.T
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """features [..., n·d] at positions [...] -> (every layer's raw k|v [N, layers·2·Hkv·D], cos, sin [N, D])."""
     x = features.reshape(-1, features.shape[-1]).to(net.fc.weight.dtype)
-    _, c = add_rms_norm(None, net.fc(x), net.hidden_norm.weight, net.hidden_norm.eps)
+    _, c = add_rms_norm(None, linear(x, net.fc.weight, net.fc.bias), net.hidden_norm.weight, net.hidden_norm.eps)
     cos, sin = _rows_cos_sin(net, positions, c.dtype)
-    return F.linear(c, weights.context_kv, weights.context_kv_bias), cos, sin
+    return linear(c, weights.context_kv, weights.context_kv_bias), cos, sin
 
 
 def context_kv(net: DraftNetwork, weights: FusedWeights, features: torch.Tensor, positions: torch.Tensor

@@ -11,10 +11,13 @@ previous token) and `markov_w2` (r -> V); the confidence head reuses `markov_w1`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 HeadState = torch.Tensor | None  # the RNN's recurrent state [B, r]; None for memoryless heads
+Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, weight) -> x @ weight.T
 
 
 class MarkovHead(nn.Module):
@@ -36,10 +39,11 @@ class MarkovHead(nn.Module):
         """(prev embedding [..., r], slot hidden [..., d], state) -> (latent [..., r], next state)."""
         return e, state
 
-    def step(self, prev_ids: torch.Tensor, hidden: torch.Tensor, state: HeadState) -> tuple[torch.Tensor, HeadState]:
-        """One slot: prev_ids [B], hidden [B, d] -> bias [B, V], next state."""
+    def step(self, prev_ids: torch.Tensor, hidden: torch.Tensor, state: HeadState, project: Projection | None = None
+             ) -> tuple[torch.Tensor, HeadState]:
+        """One slot: prev_ids [B], hidden [B, d] -> bias [B, V], next state (`project(z, W2)`: the GEMM to use)."""
         z, state = self.latent(self.prev_embedding(prev_ids), hidden, state)
-        return self.markov_w2(z), state
+        return (self.markov_w2(z) if project is None else project(z, self.markov_w2.weight)), state
 
     def block_bias(self, prev_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Teacher-forced bias for a block: prev_ids [..., γ], hidden [..., γ, d] -> [..., γ, V]."""

@@ -187,7 +187,12 @@ class DenseLM(nn.Module):
                 if i in ids:
                     saved[i] = h
             last = self.norm(h)
-        logits = self.lm_head(last[batch.logits_indices])  # [M, V]
+        if self.uses_fused_path():
+            from dspark.kernels.skinny_gemm import linear
+
+            logits = linear(last[batch.logits_indices], self.lm_head.weight)  # [M, V]
+        else:
+            logits = self.lm_head(last[batch.logits_indices])
         if feature_layer_ids is None:
             features = None
         else:
@@ -201,6 +206,7 @@ class DenseLM(nn.Module):
         The residual stream is carried un-normed between layers and each residual add is fused with the
         next RMSNorm, so layer i's raw output appears as the residual of layer i+1's first add (no extra pass).
         """
+        from dspark.kernels.skinny_gemm import linear
         from dspark.models.fused_ops import add_rms_norm, qk_norm_rope_store, silu_mul
 
         attention = self.attention_fn()
@@ -217,7 +223,7 @@ class DenseLM(nn.Module):
             residual, x = add_rms_norm(delta, residual, norm.weight, norm.eps)
             if i - 1 in ids:
                 saved[i - 1] = residual
-            qkv = layer.qkv_proj(x)
+            qkv = linear(x, layer.qkv_proj.weight, layer.qkv_proj.bias)
             qn, kn = layer.q_norm, layer.k_norm
             q = qk_norm_rope_store(qkv, cos2, sin2, qn.weight if qn is not None else None,
                                    kn.weight if kn is not None else None, qn.eps if qn is not None else 0.0,
@@ -225,8 +231,10 @@ class DenseLM(nn.Module):
                                    batch.slot_mapping)
             out = attention(q, kv.k[i], kv.v[i], batch, layer.scale, **bounds)  # [N, H, D]
             norm = layer.post_attention_layernorm
-            residual, x = add_rms_norm(layer.o_proj(out.reshape(n, -1)), residual, norm.weight, norm.eps)
-            delta = layer.down_proj(silu_mul(layer.gate_up_proj(x)))
+            o = linear(out.reshape(n, -1), layer.o_proj.weight, layer.o_proj.bias)
+            residual, x = add_rms_norm(o, residual, norm.weight, norm.eps)
+            gate_up = linear(x, layer.gate_up_proj.weight, layer.gate_up_proj.bias)
+            delta = linear(silu_mul(gate_up), layer.down_proj.weight, layer.down_proj.bias)
         residual, last = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps)
         return saved, last
 
