@@ -7,9 +7,12 @@
 #
 #   bash recipes/runner_check.sh                 # on the device (run tool, kind nvidia-h200, timeout_s 600)
 #   STAGES="engine host" bash recipes/runner_check.sh
+#   STAGES="tests skinny" bash recipes/runner_check.sh   # the skinny GEMM: per-shape table, engine step on vs off
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
+# The skinny stage writes skinny.log (scripts/bench_skinny.py) and engine_skinny{1,0}.log (bench_engine with
+# DSPARK_SKINNY_GEMM=1 / 0: decode and verify-8 at batch 1 and 8 on both shapes, the fused drafter at batch 1).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -28,7 +31,7 @@ if stage tests; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
   timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_drafter_fused.py \
     tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
-    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -15 "$RES/gpu_tests.log"
 fi
 if stage engine; then
@@ -37,6 +40,18 @@ if stage engine; then
     --drafter-batches 1,8,32 --drafter-path both --no-diagnostics --out "$RES/bench_engine" > "$RES/bench_engine.log" 2>&1 \
     || echo "bench_engine: rc=$?" >> "$RES/bench_engine.log"
   grep -v '^{' "$RES/bench_engine.log" | tail -30
+fi
+if stage skinny; then
+  stamp "bench_skinny: per-shape GEMMs, tuned choice vs cuBLAS (graph-timed, L2 defeated)"
+  $PY scripts/bench_skinny.py --rows "${SKINNY_ROWS:-1,8,32}" > "$RES/skinny.log" 2>&1 || echo "bench_skinny: rc=$?" >> "$RES/skinny.log"
+  grep -v '^{' "$RES/skinny.log" | tail -50
+  for flag in 1 0; do
+    stamp "bench_engine with DSPARK_SKINNY_GEMM=$flag"
+    DSPARK_SKINNY_GEMM=$flag $PY scripts/bench_engine.py --models qwen3-4b,qwen3-8b --contexts 1024 --decode-batches 1,8 \
+      --verify 8 --verify-batches 1,8 --drafter-batches 1 --drafter-path fused --out "$RES/engine_skinny$flag" \
+      > "$RES/engine_skinny$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_skinny$flag.log"
+    grep -v '^{' "$RES/engine_skinny$flag.log" | tail -24
+  done
 fi
 if stage host; then
   stamp "bench_host on the GPU: step wall time and host phases per policy"

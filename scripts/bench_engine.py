@@ -44,10 +44,16 @@ from dspark.engine.draft_kv import PagedContextKV
 from dspark.engine.graphed_target import GraphedDenseTarget
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.row_sampler import RowSampler
+from dspark.kernels.gpu_timing import capture
 from dspark.models import DenseConfig, DenseLM
 from dspark.models import paged_attention as reference_attention
 from dspark.sampling import RowParams, SamplingParams
 from dspark.targets.layer_ids import default_layer_ids
+
+try:  # the fused forward's GEMM dispatch (skinny kernel where tuned faster, else cuBLAS)
+    from dspark.kernels.skinny_gemm import linear as step_linear
+except ImportError:  # no Triton
+    step_linear = torch.nn.functional.linear
 
 QWEN3 = dict(model_type="qwen3", num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
              max_position_embeddings=40960, rope_theta=1_000_000.0, hidden_act="silu", vocab_size=151936,
@@ -133,26 +139,14 @@ def fill_random(cache: PagedKVCache) -> None:
             t.normal_()
 
 
-def capture(fn):
-    """(CUDA graph of `fn`, its static output), after a warm-up call on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
 def graph_ms(fn, reps: int, warmup: int) -> float:
     """Capture `fn` in a CUDA graph and time its replays."""
     return events_median(capture(fn)[0].replay, reps, warmup)
 
 
 def gemm_only_ms(model: DenseLM, n: int, reps: int, warmup: int) -> float:
-    """The step's GEMMs alone (every layer's 4 projections + the LM head over n rows) in one graph."""
+    """The step's GEMMs alone (every layer's 4 projections + the LM head over n rows, through the fused
+    forward's dispatch `step_linear`) in one graph."""
     cfg = model.config
     xs = {k: torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
           for k in {cfg.hidden_size, cfg.q_size, cfg.intermediate_size}}
@@ -160,8 +154,8 @@ def gemm_only_ms(model: DenseLM, n: int, reps: int, warmup: int) -> float:
     def run():
         for layer in model.layers:
             for lin in (layer.qkv_proj, layer.o_proj, layer.gate_up_proj, layer.down_proj):
-                lin(xs[lin.in_features])
-        model.lm_head(xs[cfg.hidden_size])
+                step_linear(xs[lin.in_features], lin.weight, lin.bias)
+        step_linear(xs[cfg.hidden_size], model.lm_head.weight)
 
     return graph_ms(run, reps, warmup)
 
@@ -277,6 +271,9 @@ class SoftmaxArgmaxSampler:
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
         return probs.argmax(-1)
+
+    def stack(self, probs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(probs, dim=1)
 
 
 def bench_drafter(args, gen: torch.Generator) -> list[dict]:

@@ -59,6 +59,18 @@ def test_even_k_and_strided_rows():
     torch.testing.assert_close(got.double(), reference(x, w, b), rtol=1e-5, atol=1e-5)
 
 
+def test_last_split_stops_at_k():
+    """K = 160 in chunks of 16 over 3 splits: 64 + 64 + 32 columns; the last split must not read past K
+    (here NaN padding beyond column 160 of x and W would poison the result)."""
+    m, n, k = 5, 24, 160
+    x_pad = torch.full((m, k + 64), float("nan"))
+    w_pad = torch.full((n, k + 64), float("nan"))
+    x, w, _ = operands(m, n, k, torch.float32, False)
+    x_pad[:, :k], w_pad[:, :k] = x, w
+    got = skinny_linear(x_pad[:, :k], w_pad[:, :k], None, Config(16, 16, split=3))
+    torch.testing.assert_close(got.double(), reference(x, w, None), rtol=1e-5, atol=1e-5)
+
+
 def test_out_argument_and_empty_rows():
     x, w, _ = operands(3, 20, 40, torch.float32, False)
     out = torch.full((3, 20), float("nan"))

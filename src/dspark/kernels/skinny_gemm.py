@@ -12,7 +12,8 @@ the result is deterministic, so a CUDA-graph replay equals the eager call bit fo
 `linear(x, weight, bias)` is what the fused paths call: on CUDA with 16-bit weights and few rows it
 uses the kernel configuration measured fastest for that (rows padded to BLOCK_M, N, K) the first time
 the shape is seen
-(`Config` candidates against `torch.nn.functional.linear` itself: cuBLAS keeps the shape unless a
+(`Config` candidates against `torch.nn.functional.linear` itself, both timed inside CUDA graphs over
+weight copies that defeat the L2, `dspark.kernels.gpu_timing`: cuBLAS keeps the shape unless a
 candidate beats it by `MIN_GAIN`; a candidate whose result is off F.linear's by more than `MAX_ERROR`
 is never chosen); everything else, and a shape first seen while a CUDA graph is being
 captured (timing is impossible there), goes to `F.linear`. The choice is kept per process, so eager
@@ -31,9 +32,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from dspark.kernels.gpu_timing import copies_needed, rotating_graph_us
+
 MAX_ROWS = 64  # more rows than this: the GEMM is no longer bound by streaming W once
 MIN_GAIN = 0.03  # a candidate must beat F.linear by this share to be used
-TIMING_REPS = 15
 MAX_ERROR = 1e-2  # relative L2 distance to F.linear's result above which a candidate is refused
 
 
@@ -50,10 +52,11 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm
     row_ok = rm < M
     col_ok = rn < N
     k_start = pid_s * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)  # the last split may hold fewer chunks than the others
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
-    for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
             x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None], other=0.0)
@@ -172,38 +175,45 @@ def candidates(n: int, k: int, sms: int) -> list[Config]:
 _CHOICE: dict[tuple, Config | None] = {}  # (padded rows, N, K, dtype, bias, device) -> config, None = F.linear
 
 
-def median_ms(fn: Callable[[], object], reps: int = TIMING_REPS, warmup: int = 3) -> float:
-    """Median CUDA-event time of `fn` in ms over `reps` back-to-back calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for s, e in zip(start, end):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in zip(start, end))
-    return times[len(times) // 2]
+def _timed_calls(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], object], x: torch.Tensor,
+                 weights: list[torch.Tensor], biases: list[torch.Tensor | None]) -> list[Callable[[], object]]:
+    return [lambda w=w, b=b: fn(x, w, b) for w, b in zip(weights, biases)]
+
+
+def _copies(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """The weight (and bias) plus enough clones to defeat the L2; fewer where the device is out of memory
+    (the engine may have given it to the KV cache), the timing then partly from the L2."""
+    weights, biases = [weight], [bias]
+    for _ in range(copies_needed(weight.numel() * weight.element_size()) - 1):
+        try:
+            weights.append(weight.clone())
+            biases.append(None if bias is None else bias.clone())
+        except torch.cuda.OutOfMemoryError:
+            weights = weights[:len(biases)]
+            break
+    return weights, biases
 
 
 def choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Config | None:
-    """The fastest candidate for this shape, or None where `F.linear` is as fast (measured on the device)."""
+    """The fastest candidate for this shape, or None where `F.linear` is as fast (measured on the device,
+    inside CUDA graphs over copies of the weight that defeat the L2, as a decode step reads it)."""
     m, n, k = _check(x, weight, bias)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     want = F.linear(x, weight, bias).float()
     scale = want.norm().item() or 1.0
-    best, best_ms = None, median_ms(lambda: F.linear(x, weight, bias)) * (1.0 - MIN_GAIN)
+    weights, biases = _copies(weight, bias)
+    best = None
+    best_us = rotating_graph_us(_timed_calls(F.linear, x, weights, biases)) * (1.0 - MIN_GAIN)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     for config in candidates(n, k, sms):
         try:
             if (skinny_linear(x, weight, bias, config, out).float() - want).norm().item() > MAX_ERROR * scale:
                 continue  # a wrong result (a compiler or hardware problem) is never chosen
-            ms = median_ms(lambda: skinny_linear(x, weight, bias, config, out))
+            us = rotating_graph_us(_timed_calls(lambda a, w, b: skinny_linear(a, w, b, config), x, weights, biases))
         except Exception:  # a configuration this GPU / Triton cannot run (resources): not a candidate
             continue
-        if ms < best_ms:
-            best, best_ms = config, ms
+        if us < best_us:
+            best, best_us = config, us
     return best
 
 
