@@ -64,6 +64,7 @@ SHAPES = {
 }
 PAGE = 16
 GAMMA = 7
+DIAG_BATCH = 32  # sequences of the diagnostics' verify-8 case
 
 
 def log(*args) -> None:
@@ -165,7 +166,7 @@ def diagnostics(model: DenseLM, target: GraphedDenseTarget, layer_ids: list[int]
     """Where the step time goes (GEMMs alone vs the rest) and the same steps with cuBLASLt preferred."""
     out = []
     weight_ms = matmul_params(model.config) * 2 / bandwidth * 1e3
-    for label, b, q in (("decode", 1, 1), ("verify8", 32, 8)):
+    for label, b, q in (("decode", 1, 1), ("verify8", DIAG_BATCH, 8)):
         batch = case_batch(b, q, ctx, target.kv.num_pages, model.config.vocab_size, gen)
         row = dict(case=label, batch=b, context=ctx, weights_floor_ms=weight_ms)
         for lib in ("cublas", "cublaslt"):
@@ -195,6 +196,8 @@ def bench_target(name: str, args, bandwidth: float, flops_rate: float, gen: torc
     big = max(args.decode_batches)
     num_pages = big * -(-(max_ctx + 1) // PAGE) + 1
     num_pages = max(num_pages, max(args.verify_batches) * -(-(max_ctx + max(args.verify)) // PAGE) + 1)
+    if args.diagnostics:  # its verify-8 case runs 32 sequences at the smallest context
+        num_pages = max(num_pages, DIAG_BATCH * -(-(min(args.contexts) + 8) // PAGE) + 1)
     target = GraphedDenseTarget(model, num_pages, PAGE, max_query_len=GAMMA + 1, max_model_len=max_ctx + 64)
     fill_random(target.kv)
     weight_bytes = matmul_params(cfg) * 2
