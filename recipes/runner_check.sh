@@ -29,7 +29,7 @@ stamp() { echo "[$(date +%T)] $*"; }
 if stage tests; then
   stamp "gpu tests"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
-  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -p no:cacheprovider tests/test_drafter_fused.py \
+  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf --durations=12 -p no:cacheprovider tests/test_drafter_fused.py \
     tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
     tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -15 "$RES/gpu_tests.log"
@@ -47,7 +47,7 @@ if stage skinny; then
   grep -v '^{' "$RES/skinny.log" | tail -50
   for flag in 1 0; do
     stamp "bench_engine with DSPARK_SKINNY_GEMM=$flag"
-    DSPARK_SKINNY_GEMM=$flag $PY scripts/bench_engine.py --models qwen3-4b,qwen3-8b --contexts 1024 --decode-batches 1,8 \
+    DSPARK_SKINNY_GEMM=$flag $PY scripts/bench_engine.py --models "${SKINNY_MODELS:-qwen3-4b,qwen3-8b}" --contexts 1024 --decode-batches 1,8 \
       --verify 8 --verify-batches 1,8 --drafter-batches 1 --drafter-path fused --out "$RES/engine_skinny$flag" \
       > "$RES/engine_skinny$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_skinny$flag.log"
     grep -v '^{' "$RES/engine_skinny$flag.log" | tail -24
