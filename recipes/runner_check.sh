@@ -8,11 +8,13 @@
 #   bash recipes/runner_check.sh                 # on the device (run tool, kind nvidia-h200, timeout_s 600)
 #   STAGES="engine host" bash recipes/runner_check.sh
 #   STAGES="tests skinny" bash recipes/runner_check.sh   # the skinny GEMM: per-shape table, engine step on vs off
+#   STAGES="tests pdl" bash recipes/runner_check.sh      # programmatic dependent launch on vs off (engine step)
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
 # The skinny stage writes skinny.log (scripts/bench_skinny.py) and engine_skinny{1,0}.log (bench_engine with
 # DSPARK_SKINNY_GEMM=1 / 0: decode and verify-8 at batch 1 and 8 on both shapes, the fused drafter at batch 1).
+# The pdl stage writes engine_pdl{1,0}.log (bench_engine with DSPARK_PDL=1 / 0, PDL_MODELS (qwen3-4b)).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -51,6 +53,15 @@ if stage skinny; then
       --verify 8 --verify-batches 1,8 --drafter-batches 1 --drafter-path fused --out "$RES/engine_skinny$flag" \
       > "$RES/engine_skinny$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_skinny$flag.log"
     grep -v '^{' "$RES/engine_skinny$flag.log" | tail -24
+  done
+fi
+if stage pdl; then
+  for flag in 1 0; do
+    stamp "bench_engine with DSPARK_PDL=$flag (programmatic dependent launch of the Triton kernels)"
+    DSPARK_PDL=$flag $PY scripts/bench_engine.py --models "${PDL_MODELS:-qwen3-4b}" --contexts 1024 --decode-batches 1,8,32 \
+      --verify 8 --verify-batches 1,32 --drafter-batches 1,32 --drafter-path fused --out "$RES/engine_pdl$flag" \
+      > "$RES/engine_pdl$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_pdl$flag.log"
+    grep -v '^{' "$RES/engine_pdl$flag.log" | tail -24
   done
 fi
 if stage host; then

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -51,9 +52,13 @@ from dspark.sampling import RowParams, SamplingParams
 from dspark.targets.layer_ids import default_layer_ids
 
 try:  # the fused forward's GEMM dispatch (skinny kernel where tuned faster, else cuBLAS)
+    from dspark.kernels.pdl import use_pdl
     from dspark.kernels.skinny_gemm import linear as step_linear
 except ImportError:  # no Triton
     step_linear = torch.nn.functional.linear
+
+    def use_pdl(device: torch.device) -> bool:
+        return False
 
 QWEN3 = dict(model_type="qwen3", num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
              max_position_embeddings=40960, rope_theta=1_000_000.0, hidden_act="silu", vocab_size=151936,
@@ -366,9 +371,16 @@ def bench_drafter(args, gen: torch.Generator) -> list[dict]:
     return rows
 
 
+def launch_settings() -> str:
+    """The kernel-launch switches this run used (skinny GEMM dispatch, programmatic dependent launch)."""
+    skinny = os.environ.get("DSPARK_SKINNY_GEMM", "1") != "0"
+    return f"skinny GEMM {'on' if skinny else 'off'}, PDL {'on' if use_pdl(torch.device('cuda')) else 'off'}"
+
+
 def print_table(rows: list[dict], drafts: list[dict], bandwidth: float, flops_rate: float) -> None:
     print(f"\ntarget step = GraphedDenseTarget.forward (static-buffer copies + CUDA graph replay of the fused forward); "
-          f"{torch.cuda.get_device_name(0)}; copy {bandwidth / 1e12:.2f} TB/s, bf16 GEMM {flops_rate / 1e12:.0f} TFLOP/s")
+          f"{torch.cuda.get_device_name(0)}; copy {bandwidth / 1e12:.2f} TB/s, bf16 GEMM {flops_rate / 1e12:.0f} TFLOP/s; "
+          f"{launch_settings()}")
     print(f"{'model':<10}{'case':<9}{'B':>4}{'ctx':>6}{'step ms':>9}{'floor ms':>9}{'x floor':>8}{'bytes':>7}"
           f"{'flops':>7}{'err eag':>9}{'err ref':>9}")
     for r in rows:
@@ -503,7 +515,7 @@ def main() -> None:
     plots = write_sps_plots(args.sps_plot, rows, drafts, torch.cuda.get_device_name(0)) if args.sps_plot else []
     result = {"bench": "engine_target_step", "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "triton": triton.__version__, "python": platform.python_version(), "copy_bandwidth_Bps": bandwidth,
-              "bf16_matmul_flops": flops_rate, "page_size": PAGE, "gamma": GAMMA, "seconds": time.time() - t0,
+              "bf16_matmul_flops": flops_rate, "launch": launch_settings(), "page_size": PAGE, "gamma": GAMMA, "seconds": time.time() - t0,
               "graphed": "target: whole forward incl. LM head, features; drafter: drafter.draft and absorb_flat (separately)",
               "config": vars(args), "target": rows, "drafter": drafts, "diagnostics": diag,
               "sps_plots": plots}

@@ -23,6 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from dspark.kernels.pdl import wait_inputs
+
 
 @triton.jit
 def _paged_attn_kernel(
@@ -38,8 +40,9 @@ def _paged_attn_kernel(
     num_q_tiles, split_len,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    wait_inputs(USE_PDL)
     pid = tl.program_id(0)
     seq = pid // num_q_tiles
     tile = pid % num_q_tiles
@@ -175,8 +178,10 @@ def _combine_kernel(
     stride_on, stride_oh,
     num_heads, num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Merge the splits of BLOCK_H heads of one token: out = sum_s 2^lse_s o_s / sum_s 2^lse_s."""
+    wait_inputs(USE_PDL)
     n = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_s = tl.arange(0, BLOCK_S)

@@ -24,6 +24,7 @@ import triton.language as tl
 from dspark.kernels.attention_triton import (attend_paged_range, load_q_tile, online_softmax_step, softmax_start,
                                             store_rows, tile_rows)
 from dspark.kernels.paged_attention import LOG2E, _INTERPRETED, _num_sms, combine_splits, plan_attention, split_outputs
+from dspark.kernels.pdl import use_pdl, wait_inputs
 
 
 @triton.jit
@@ -37,7 +38,9 @@ def _block_attn_kernel(
     BLOCK: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_D: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_inputs(USE_PDL)
     pid = tl.program_id(0)
     row = pid // num_q_tiles
     t0 = (pid % num_q_tiles) * BLOCK_M
@@ -114,7 +117,8 @@ def block_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor, k
         BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_J=max(16, triton.next_power_of_2(block)),
         BLOCK_D=plan.block_d, SPLIT=plan.num_splits > 1,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        USE_PDL=use_pdl(q.device), num_warps=plan.num_warps, num_stages=plan.num_stages,
+        launch_pdl=use_pdl(q.device),
     )
     if plan.num_splits > 1:
         combine_splits(dst, lse, out, plan.block_d)

@@ -25,6 +25,7 @@ import triton
 
 from dspark.engine.batch import FlatBatch
 from dspark.kernels.attention_triton import _combine_kernel, _paged_attn_kernel
+from dspark.kernels.pdl import use_pdl
 from dspark.kernels.store_kv import _last_dim_contiguous
 
 LOG2E = math.log2(math.e)
@@ -158,7 +159,8 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
         SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        USE_PDL=use_pdl(q.device), num_warps=plan.num_warps, num_stages=plan.num_stages,
+        launch_pdl=use_pdl(q.device),
     )
     if split:
         combine_splits(dst, lse, out, plan.block_d)
@@ -187,7 +189,8 @@ def combine_splits(part: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, blo
     block_h = min(triton.next_power_of_2(num_heads), max(1, COMBINE_TILE // (block_s * block_d)))
     _combine_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
         part, lse, out, *part.stride()[:3], *lse.stride()[:2], *out.stride()[:2], num_heads, num_splits,
-        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
+        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=block_d, USE_PDL=use_pdl(out.device),
+        num_warps=4, launch_pdl=use_pdl(out.device),
     )
 
 

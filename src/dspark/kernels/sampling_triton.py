@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dspark.kernels.pdl import use_pdl, wait_inputs
+
 MIN_BLOCK, MAX_BLOCK = 512, 4096  # elements of a row per program
 TARGET_BLOCKS = 128  # blocks per row to aim for: one row alone fills an H200's 132 SMs
 
@@ -55,9 +57,10 @@ def _first_max(x, idx, valid, none):
 
 @triton.jit
 def _probs_partials_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, V, NB, stride_l, rows_per_param,
-                           ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+                           ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """Block (row, b): softmax rows -> m = max(x / t), s = sum(exp(x / t - m)); greedy rows -> the block's
     maximum (NaN if it holds one) in m and the first index of it in i."""
+    wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     t = tl.load(temp_ptr + row // rows_per_param).to(tl.float32)
@@ -83,8 +86,10 @@ def _probs_partials_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, V, NB, str
 
 @triton.jit
 def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, V, NB, stride_l, stride_o,
-                        rows_per_param, ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr, NB_PAD: tl.constexpr):
+                        rows_per_param, ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr, NB_PAD: tl.constexpr,
+                        USE_PDL: tl.constexpr):
     """Block (row, b): the row's max / sum (or argmax) from its NB partials, then this block's probs."""
+    wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     t = tl.load(temp_ptr + row // rows_per_param).to(tl.float32)
@@ -112,7 +117,8 @@ def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, V, N
 
 # --------------------------------------------------------------------------------------- inverse CDF
 @triton.jit
-def _block_mass_kernel(probs_ptr, mass_ptr, V, NB, stride_p, BLOCK: tl.constexpr):
+def _block_mass_kernel(probs_ptr, mass_ptr, V, NB, stride_p, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     idx = blk * BLOCK + tl.arange(0, BLOCK)
@@ -122,7 +128,7 @@ def _block_mass_kernel(probs_ptr, mass_ptr, V, NB, stride_p, BLOCK: tl.constexpr
 
 @triton.jit
 def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, stride_u,
-                        BLOCK: tl.constexpr, NB_PAD: tl.constexpr):
+                        BLOCK: tl.constexpr, NB_PAD: tl.constexpr, USE_PDL: tl.constexpr):
     """One row: locate the block from the prefix over its block masses, then scan inside it only.
 
     `ends` (the running sum of the block masses) ends at `total`, the mass the uniform is scaled by, so
@@ -133,6 +139,7 @@ def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, st
     in-block scan short of the target, the block's last index of positive mass (it has one). With exact
     sums (dyadic probabilities) this is exactly `sample_from`'s draw.
     """
+    wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     nb = tl.arange(0, NB_PAD)
     nb_valid = nb < NB
@@ -199,11 +206,13 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, any_greedy:
     partials = torch.empty(3, rows, nb, dtype=torch.float32, device=logits.device)  # max, sum, argmax
     m, s, i = partials[0], partials[1], partials[2].view(torch.int32)
     temp, per = temperature.reshape(-1), rows // params
+    pdl = use_pdl(logits.device)
     _probs_partials_kernel[(rows, nb)](flat, temp, m, s, i, vocab, nb, flat.stride(0), per,
-                                       ANY_GREEDY=any_greedy, BLOCK=bs, num_warps=_warps(bs))
+                                       ANY_GREEDY=any_greedy, BLOCK=bs, USE_PDL=pdl, num_warps=_warps(bs),
+                                       launch_pdl=pdl)
     _probs_write_kernel[(rows, nb)](flat, temp, m, s, i, out, vocab, nb, flat.stride(0), out.stride(0), per,
                                     ANY_GREEDY=any_greedy, BLOCK=bs, NB_PAD=triton.next_power_of_2(nb),
-                                    num_warps=_warps(bs))
+                                    USE_PDL=pdl, num_warps=_warps(bs), launch_pdl=pdl)
     return out
 
 
@@ -223,7 +232,10 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None =
     bs = _block(vocab, block)
     nb = triton.cdiv(vocab, bs)
     mass = torch.empty(rows, nb, dtype=torch.float64, device=probs.device)
-    _block_mass_kernel[(rows, nb)](flat, mass, vocab, nb, flat.stride(0), BLOCK=bs, num_warps=_warps(bs))
+    pdl = use_pdl(probs.device)
+    _block_mass_kernel[(rows, nb)](flat, mass, vocab, nb, flat.stride(0), BLOCK=bs, USE_PDL=pdl,
+                                   num_warps=_warps(bs), launch_pdl=pdl)
     _inverse_cdf_kernel[(rows,)](flat, mass, u, out, vocab, nb, flat.stride(0), u.stride(0), BLOCK=bs,
-                                 NB_PAD=triton.next_power_of_2(nb), num_warps=_warps(bs))
+                                 NB_PAD=triton.next_power_of_2(nb), USE_PDL=pdl, num_warps=_warps(bs),
+                                 launch_pdl=pdl)
     return out.reshape(probs.shape[:-1])

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from dspark.kernels.gpu_timing import copies_needed, rotating_graph_us
+from dspark.kernels.pdl import use_pdl, wait_inputs
 
 MAX_ROWS = 64  # more rows than this: the GEMM is no longer bound by streaming W once
 MIN_GAIN = 0.03  # a candidate must beat F.linear by this share to be used
@@ -42,7 +43,7 @@ MAX_ERROR = 1e-2  # relative L2 distance to F.linear's result above which a cand
 @triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_os, stride_om,
                    HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (n, s): rows 0..M-1 times W[n·BLOCK_N : +BLOCK_N, s·k_per_split : +k_per_split]ᵀ; DIRECT writes
     the output (bias added, cast), else the float32 partial sum of split s."""
     pid_n = tl.program_id(0)
@@ -53,10 +54,17 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm
     col_ok = rn < N
     k_start = pid_s * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)  # the last split may hold fewer chunks than the others
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_rows = x_ptr + rm[:, None].to(tl.int64) * stride_xm
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_wn
-    for k0 in range(k_start, k_end, BLOCK_K):
+    # the first K chunk is peeled: its weight tile (which no kernel writes) streams in before the wait
+    # for the previous kernel (programmatic dependent launch), its x after
+    rk = k_start + tl.arange(0, BLOCK_K)
+    k_ok = rk < k_end
+    w = tl.load(w_rows + rk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+    wait_inputs(USE_PDL)
+    x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+    acc = tl.dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+    for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
             x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None], other=0.0)
@@ -77,8 +85,9 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm
 
 @triton.jit
 def _reduce_kernel(part_ptr, b_ptr, y_ptr, M, N, SPLIT, stride_ps, stride_ym, HAS_BIAS: tl.constexpr,
-                   BLOCK: tl.constexpr):
+                   BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     """y[m, n] = sum over s = 0..SPLIT-1 (in order) of part[s, m, n] (+ b[n]), cast to y's dtype."""
+    wait_inputs(USE_PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < M * N
     m = offs // N
@@ -140,20 +149,22 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     even_k = k % config.block_k == 0
     tiles = triton.cdiv(n, config.block_n)
     b = bias if bias is not None else y  # never read when HAS_BIAS is False
+    pdl = use_pdl(x.device)
     if split == 1:
         _skinny_kernel[(tiles, 1)](x, weight, b, y, m, n, k, k_per_split, x.stride(0), weight.stride(0), 0,
                                    y.stride(0), HAS_BIAS=bias is not None, DIRECT=True, EVEN_K=even_k, BLOCK_M=bm,
-                                   BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps,
-                                   num_stages=config.num_stages)
+                                   BLOCK_N=config.block_n, BLOCK_K=config.block_k, USE_PDL=pdl,
+                                   num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl)
         return y
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     _skinny_kernel[(tiles, split)](x, weight, b, part, m, n, k, k_per_split, x.stride(0), weight.stride(0),
                                    part.stride(0), part.stride(1), HAS_BIAS=False, DIRECT=False, EVEN_K=even_k,
-                                   BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                                   num_warps=config.num_warps, num_stages=config.num_stages)
+                                   BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k, USE_PDL=pdl,
+                                   num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl)
     block = 1024
     _reduce_kernel[(triton.cdiv(m * n, block),)](part, b, y, m, n, split, part.stride(0), y.stride(0),
-                                                 HAS_BIAS=bias is not None, BLOCK=block, num_warps=4)
+                                                 HAS_BIAS=bias is not None, BLOCK=block, USE_PDL=pdl, num_warps=4,
+                                                 launch_pdl=pdl)
     return y
 
 

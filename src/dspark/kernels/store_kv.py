@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dspark.kernels.pdl import use_pdl, wait_inputs
+
 
 @triton.jit
 def _store_kv_kernel(
@@ -20,8 +22,9 @@ def _store_kv_kernel(
     stride_kn, stride_kh, stride_vn, stride_vh,
     stride_kcp, stride_kcs, stride_kch, stride_vcp, stride_vcs, stride_vch,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    wait_inputs(USE_PDL)
     n = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + n).to(tl.int64)
     if slot < 0:
@@ -63,7 +66,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=4 if num_heads * head_dim >= 1024 else 1,
+        USE_PDL=use_pdl(k.device), num_warps=4 if num_heads * head_dim >= 1024 else 1, launch_pdl=use_pdl(k.device),
     )
 
 

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dspark.kernels.pdl import use_pdl, wait_inputs
+
 
 @triton.jit
 def _rnd(x, DTYPE: tl.constexpr):
@@ -34,7 +36,8 @@ def _rnd(x, DTYPE: tl.constexpr):
 
 @triton.jit
 def _add_rms_norm_kernel(delta_ptr, res_ptr, w_ptr, res_out_ptr, out_ptr, stride_delta, stride_res, stride_res_out,
-                         stride_out, dim, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                         stride_out, dim, eps, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < dim
@@ -61,7 +64,8 @@ def add_rms_norm(delta: torch.Tensor | None, residual: torch.Tensor, weight: tor
     src = residual if delta is None else delta
     _add_rms_norm_kernel[(n,)](src, residual, weight, res_out, out, src.stride(0), residual.stride(0),
                                res_out.stride(0), out.stride(0), dim, eps, HAS_DELTA=delta is not None, BLOCK=block,
-                               num_warps=min(16, max(1, block // 256)))
+                               USE_PDL=use_pdl(residual.device), num_warps=min(16, max(1, block // 256)),
+                               launch_pdl=use_pdl(residual.device))
     return res_out, out
 
 
@@ -71,7 +75,8 @@ def _qk_norm_rope_store_kernel(qkv_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_out_
                                stride_kp, stride_ks, stride_kh, stride_vp, stride_vs, stride_vh, eps,
                                NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
                                HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PAGE_SIZE: tl.constexpr,
-                               QK_NORM: tl.constexpr):
+                               QK_NORM: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_inputs(USE_PDL)
     n = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     dtype = q_out_ptr.dtype.element_ty
@@ -142,7 +147,8 @@ def qk_norm_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
         qkv.stride(0), cos.stride(0), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         eps, NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HALF=half,
-        BLOCK_HALF=triton.next_power_of_2(half), PAGE_SIZE=k_cache.shape[1], QK_NORM=norm, num_warps=1)
+        BLOCK_HALF=triton.next_power_of_2(half), PAGE_SIZE=k_cache.shape[1], QK_NORM=norm, USE_PDL=use_pdl(qkv.device),
+        num_warps=1, launch_pdl=use_pdl(qkv.device))
     return q
 
 
@@ -163,7 +169,8 @@ def qk_norm_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_weig
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_out, inter, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_out, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_inputs(USE_PDL)
     n = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -185,5 +192,6 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
         gate_up = gate_up.contiguous()
     block = min(1024, triton.next_power_of_2(inter))
     _silu_mul_kernel[(n, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0), inter,
-                                                     BLOCK=block, num_warps=4 if block >= 512 else 1)
+                                                     BLOCK=block, USE_PDL=use_pdl(out.device),
+                                                     num_warps=4 if block >= 512 else 1, launch_pdl=use_pdl(out.device))
     return out
