@@ -33,7 +33,7 @@ if stage tests; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
   timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf --durations=12 -p no:cacheprovider tests/test_drafter_fused.py \
     tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
-    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py tests/test_skinny_fused.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -15 "$RES/gpu_tests.log"
 fi
 if stage engine; then

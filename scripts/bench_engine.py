@@ -52,13 +52,17 @@ from dspark.sampling import RowParams, SamplingParams
 from dspark.targets.layer_ids import default_layer_ids
 
 try:  # the fused forward's GEMM dispatch (skinny kernel where tuned faster, else cuBLAS)
+    from dspark.kernels.pdl import max_rows as pdl_max_rows
     from dspark.kernels.pdl import use_pdl
     from dspark.kernels.skinny_gemm import linear as step_linear
 except ImportError:  # no Triton
     step_linear = torch.nn.functional.linear
 
-    def use_pdl(device: torch.device) -> bool:
+    def use_pdl(device: torch.device, rows: int) -> bool:
         return False
+
+    def pdl_max_rows() -> int:
+        return 0
 
 QWEN3 = dict(model_type="qwen3", num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
              max_position_embeddings=40960, rope_theta=1_000_000.0, hidden_act="silu", vocab_size=151936,
@@ -374,7 +378,8 @@ def bench_drafter(args, gen: torch.Generator) -> list[dict]:
 def launch_settings() -> str:
     """The kernel-launch switches this run used (skinny GEMM dispatch, programmatic dependent launch)."""
     skinny = os.environ.get("DSPARK_SKINNY_GEMM", "1") != "0"
-    return f"skinny GEMM {'on' if skinny else 'off'}, PDL {'on' if use_pdl(torch.device('cuda')) else 'off'}"
+    return f"skinny GEMM {'on' if skinny else 'off'}, PDL {'on' if use_pdl(torch.device('cuda'), 1) else 'off'}" \
+        f" (launches of <= {pdl_max_rows()} rows)"
 
 
 def print_table(rows: list[dict], drafts: list[dict], bandwidth: float, flops_rate: float) -> None:

@@ -108,6 +108,7 @@ def block_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor, k
                           _num_sms(q.device), q.element_size(), num_splits)
     dst, lse, o_strides, l_strides = split_outputs(out, plan.num_splits)
     upcast = q.dtype == torch.bfloat16 and _INTERPRETED
+    pdl = use_pdl(q.device, num_tokens)
     _block_attn_kernel[(rows * plan.num_q_tiles, num_kv_heads, plan.num_splits)](
         q, k_own, v_own, k_cache, v_cache, dst, lse, context_lens, block_tables, scale * LOG2E,
         q.stride(0), q.stride(1), k_own.stride(0), k_own.stride(1), v_own.stride(0), v_own.stride(1),
@@ -117,8 +118,7 @@ def block_attention(q: torch.Tensor, k_own: torch.Tensor, v_own: torch.Tensor, k
         BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_J=max(16, triton.next_power_of_2(block)),
         BLOCK_D=plan.block_d, SPLIT=plan.num_splits > 1,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,
-        USE_PDL=use_pdl(q.device), num_warps=plan.num_warps, num_stages=plan.num_stages,
-        launch_pdl=use_pdl(q.device),
+        USE_PDL=pdl, num_warps=plan.num_warps, num_stages=plan.num_stages, launch_pdl=pdl,
     )
     if plan.num_splits > 1:
         combine_splits(dst, lse, out, plan.block_d)

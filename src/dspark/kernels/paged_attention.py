@@ -148,6 +148,7 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     dst, lse, o_strides, l_strides = split_outputs(out, plan.num_splits)
     grid = (num_seqs * plan.num_q_tiles, num_kv_heads, plan.num_splits)
     upcast = q.dtype == torch.bfloat16 and _INTERPRETED
+    pdl = use_pdl(q.device, num_tokens)
     _paged_attn_kernel[grid](
         q, k_cache, v_cache, dst, lse, query_start, context_lens, block_tables,
         scale * LOG2E,
@@ -159,8 +160,7 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
         SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,
-        USE_PDL=use_pdl(q.device), num_warps=plan.num_warps, num_stages=plan.num_stages,
-        launch_pdl=use_pdl(q.device),
+        USE_PDL=pdl, num_warps=plan.num_warps, num_stages=plan.num_stages, launch_pdl=pdl,
     )
     if split:
         combine_splits(dst, lse, out, plan.block_d)
@@ -187,10 +187,11 @@ def combine_splits(part: torch.Tensor, lse: torch.Tensor, out: torch.Tensor, blo
     num_tokens, num_heads, num_splits, head_dim = part.shape
     block_s = triton.next_power_of_2(num_splits)
     block_h = min(triton.next_power_of_2(num_heads), max(1, COMBINE_TILE // (block_s * block_d)))
+    pdl = use_pdl(out.device, num_tokens)
     _combine_kernel[(num_tokens, triton.cdiv(num_heads, block_h))](
         part, lse, out, *part.stride()[:3], *lse.stride()[:2], *out.stride()[:2], num_heads, num_splits,
-        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=block_d, USE_PDL=use_pdl(out.device),
-        num_warps=4, launch_pdl=use_pdl(out.device),
+        HEAD_DIM=head_dim, BLOCK_H=block_h, BLOCK_S=block_s, BLOCK_D=block_d, USE_PDL=pdl,
+        num_warps=4, launch_pdl=pdl,
     )
 
 

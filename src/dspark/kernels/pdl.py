@@ -13,8 +13,9 @@ still reading), before `wait_inputs`. Kernels that do not use PDL (cuBLAS, PyTor
 usual; a PDL kernel after one of them simply starts when it ends. Transitively safe: a grid completes
 only after its own wait returned, so waiting on the previous grid also waits on every grid before it.
 
-`use_pdl(device)` is True on CUDA devices of compute capability 9.0 and up, unless ``DSPARK_PDL=0``;
-never under Triton's interpreter (which has no grid-dependency instructions).
+`use_pdl(device, rows)` is True on CUDA devices of compute capability 9.0 and up for launches over at most
+`MAX_ROWS` rows (tokens), unless ``DSPARK_PDL=0``; never under Triton's interpreter (which has no
+grid-dependency instructions).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+# Measured on one H200 (docs/benchmarks/engine.md, session 11): PDL made 4B-shape steps of 1-8 rows 5-7% faster
+# and steps of 32 and 256 rows 2-3% slower, so only small launches use it.
+MAX_ROWS = 16
 
 
 @triton.jit
@@ -44,8 +49,13 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
-def use_pdl(device: torch.device) -> bool:
-    """Whether kernels on `device` are launched with programmatic dependent launch."""
-    if device.type != "cuda" or _interpreted() or os.environ.get("DSPARK_PDL", "1") == "0":
+def max_rows() -> int:
+    """Launches over more rows (tokens) than this run without PDL (``DSPARK_PDL_MAX_ROWS`` overrides)."""
+    return int(os.environ.get("DSPARK_PDL_MAX_ROWS", MAX_ROWS))
+
+
+def use_pdl(device: torch.device, rows: int) -> bool:
+    """Whether a kernel over `rows` rows (tokens) on `device` is launched with programmatic dependent launch."""
+    if device.type != "cuda" or rows > max_rows() or _interpreted() or os.environ.get("DSPARK_PDL", "1") == "0":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())

@@ -206,7 +206,7 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, any_greedy:
     partials = torch.empty(3, rows, nb, dtype=torch.float32, device=logits.device)  # max, sum, argmax
     m, s, i = partials[0], partials[1], partials[2].view(torch.int32)
     temp, per = temperature.reshape(-1), rows // params
-    pdl = use_pdl(logits.device)
+    pdl = use_pdl(logits.device, rows)
     _probs_partials_kernel[(rows, nb)](flat, temp, m, s, i, vocab, nb, flat.stride(0), per,
                                        ANY_GREEDY=any_greedy, BLOCK=bs, USE_PDL=pdl, num_warps=_warps(bs),
                                        launch_pdl=pdl)
@@ -232,7 +232,7 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None =
     bs = _block(vocab, block)
     nb = triton.cdiv(vocab, bs)
     mass = torch.empty(rows, nb, dtype=torch.float64, device=probs.device)
-    pdl = use_pdl(probs.device)
+    pdl = use_pdl(probs.device, rows)
     _block_mass_kernel[(rows, nb)](flat, mass, vocab, nb, flat.stride(0), BLOCK=bs, USE_PDL=pdl,
                                    num_warps=_warps(bs), launch_pdl=pdl)
     _inverse_cdf_kernel[(rows,)](flat, mass, u, out, vocab, nb, flat.stride(0), u.stride(0), BLOCK=bs,

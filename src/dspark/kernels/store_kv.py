@@ -59,6 +59,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     k, v = _last_dim_contiguous(k), _last_dim_contiguous(v)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("the KV cache's head dim must be contiguous")
+    pdl = use_pdl(k.device, num_tokens)
     _store_kv_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -66,7 +67,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         NUM_HEADS=num_heads, HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(num_heads), BLOCK_D=triton.next_power_of_2(head_dim),
-        USE_PDL=use_pdl(k.device), num_warps=4 if num_heads * head_dim >= 1024 else 1, launch_pdl=use_pdl(k.device),
+        USE_PDL=pdl, num_warps=4 if num_heads * head_dim >= 1024 else 1, launch_pdl=pdl,
     )
 
 

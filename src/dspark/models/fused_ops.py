@@ -62,10 +62,10 @@ def add_rms_norm(delta: torch.Tensor | None, residual: torch.Tensor, weight: tor
         return res_out, out
     block = triton.next_power_of_2(dim)
     src = residual if delta is None else delta
+    pdl = use_pdl(residual.device, n)
     _add_rms_norm_kernel[(n,)](src, residual, weight, res_out, out, src.stride(0), residual.stride(0),
                                res_out.stride(0), out.stride(0), dim, eps, HAS_DELTA=delta is not None, BLOCK=block,
-                               USE_PDL=use_pdl(residual.device), num_warps=min(16, max(1, block // 256)),
-                               launch_pdl=use_pdl(residual.device))
+                               USE_PDL=pdl, num_warps=min(16, max(1, block // 256)), launch_pdl=pdl)
     return res_out, out
 
 
@@ -142,13 +142,14 @@ def qk_norm_rope_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
         raise ValueError("the KV cache's head dim must be contiguous")
     norm = q_weight is not None and k_weight is not None
     half = head_dim // 2
+    pdl = use_pdl(qkv.device, n)
     _qk_norm_rope_store_kernel[(n, num_heads + num_kv_heads)](
         qkv, cos, sin, q_weight if norm else qkv, k_weight if norm else qkv, q, k_cache, v_cache, slot_mapping,
         qkv.stride(0), cos.stride(0), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         eps, NUM_HEADS=num_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HALF=half,
-        BLOCK_HALF=triton.next_power_of_2(half), PAGE_SIZE=k_cache.shape[1], QK_NORM=norm, USE_PDL=use_pdl(qkv.device),
-        num_warps=1, launch_pdl=use_pdl(qkv.device))
+        BLOCK_HALF=triton.next_power_of_2(half), PAGE_SIZE=k_cache.shape[1], QK_NORM=norm, USE_PDL=pdl,
+        num_warps=1, launch_pdl=pdl)
     return q
 
 
@@ -191,7 +192,8 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if gate_up.stride(1) != 1:
         gate_up = gate_up.contiguous()
     block = min(1024, triton.next_power_of_2(inter))
+    pdl = use_pdl(out.device, n)
     _silu_mul_kernel[(n, triton.cdiv(inter, block))](gate_up, out, gate_up.stride(0), out.stride(0), inter,
-                                                     BLOCK=block, USE_PDL=use_pdl(out.device),
-                                                     num_warps=4 if block >= 512 else 1, launch_pdl=use_pdl(out.device))
+                                                     BLOCK=block, USE_PDL=pdl, num_warps=4 if block >= 512 else 1,
+                                                     launch_pdl=pdl)
     return out
