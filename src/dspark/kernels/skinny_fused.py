@@ -19,6 +19,8 @@ unfused chain runs.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -51,6 +53,11 @@ def _reduce_add_norm_kernel(part_ptr, b_ptr, res_ptr, w_ptr, res_out_ptr, out_pt
     tl.store(out_ptr + row * stride_out + offs, (w * (x * inv).to(dtype).to(tl.float32)).to(dtype), mask=ok)
 
 
+def fused(kind: str) -> bool:
+    """Whether fusion `kind` ("silu", "norm") is on: ``DSPARK_SKINNY_FUSE`` lists them (default both; "none")."""
+    return kind in os.environ.get("DSPARK_SKINNY_FUSE", "silu,norm").split(",")
+
+
 def _gemm_x(x: torch.Tensor, weight: torch.Tensor, gated: bool) -> torch.Tensor | None:
     """The [M, K] operand the tuning keys on (the gate half of a gated x), or None where x does not fit."""
     k = weight.shape[-1]
@@ -61,7 +68,7 @@ def _gemm_x(x: torch.Tensor, weight: torch.Tensor, gated: bool) -> torch.Tensor 
 
 def linear_silu(gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``linear(silu(gate) * up, weight, bias)`` for gate_up [M, 2K] (gate first), weight [N, K] -> [M, N]."""
-    view = _gemm_x(gate_up, weight, gated=True)
+    view = _gemm_x(gate_up, weight, gated=True) if fused("silu") else None
     config = None if view is None else config_for(view, weight, bias)
     if config is None:
         return linear(silu_mul(gate_up), weight, bias)
@@ -72,7 +79,7 @@ def linear_add_rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
                         norm_weight: torch.Tensor, eps: float, gated: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + linear(x, weight, bias), RMSNorm of it) for x [M, K] (gated: gate/up [M, 2K]), residual [M, N]."""
-    view = _gemm_x(x, weight, gated)
+    view = _gemm_x(x, weight, gated) if fused("norm") and (fused("silu") or not gated) else None
     config = None if view is None else config_for(view, weight, bias)
     if config is None or residual.shape != (x.shape[0], weight.shape[0]) or residual.stride(-1) != 1:
         y = linear_silu(x, weight, bias) if gated else linear(x, weight, bias)
