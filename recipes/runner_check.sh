@@ -14,7 +14,6 @@
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
 # The skinny stage writes skinny.log (scripts/bench_skinny.py) and engine_skinny{1,0}.log (bench_engine with
 # DSPARK_SKINNY_GEMM=1 / 0: decode and verify-8 at batch 1 and 8 on both shapes, the fused drafter at batch 1).
-# The fuse stage: engine_fuse_{silu,norm|silu|norm|none}.log (DSPARK_SKINNY_FUSE: which GEMM fusions run).
 # The pdl stage writes engine_pdl{1,0}.log (bench_engine with DSPARK_PDL=1 / 0, PDL_MODELS (qwen3-4b)).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
@@ -34,7 +33,7 @@ if stage tests; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
   timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf --durations=12 -p no:cacheprovider tests/test_drafter_fused.py \
     tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
-    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py tests/test_skinny_fused.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -15 "$RES/gpu_tests.log"
 fi
 if stage engine; then
@@ -63,15 +62,6 @@ if stage pdl; then
       --verify 8 --verify-batches 1,32 --drafter-batches 1,32 --drafter-path fused --out "$RES/engine_pdl$flag" \
       > "$RES/engine_pdl$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_pdl$flag.log"
     grep -v '^{' "$RES/engine_pdl$flag.log" | tail -24
-  done
-fi
-if stage fuse; then
-  for fuse in silu,norm silu norm none; do
-    stamp "bench_engine with DSPARK_SKINNY_FUSE=$fuse (PDL ${DSPARK_PDL:-1})"
-    DSPARK_SKINNY_FUSE=$fuse $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1,8 \
-      --verify 8 --verify-batches 1 --drafter-batches 1 --drafter-path fused --no-diagnostics \
-      > "$RES/engine_fuse_$fuse.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_fuse_$fuse.log"
-    grep -E "^qwen3-4b|^fused" "$RES/engine_fuse_$fuse.log"
   done
 fi
 if stage host; then

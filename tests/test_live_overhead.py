@@ -51,6 +51,20 @@ def test_with_live_charges_every_round_and_leaves_the_table_alone():
     assert np.allclose(view.request_time(np.array([16, 16])), [0.005, 0.005])
 
 
+def test_the_simulator_prices_steps_without_the_live_overhead():
+    """The live overhead is what the measured cost terms also price: the simulator's step prices drop it
+    (counted twice, table-driven policies simulated 20-35% slow), the planner keeps it."""
+    from dspark.eval.sim_check import price_table
+
+    table, live = _table(), LiveOverhead(min_samples=1)
+    live.observe(4, 0.004)
+    view = table.with_live(live)
+    priced = price_table(view)
+    assert priced.live is None and view.live is live and priced.request_time(4) == 0.0
+    assert priced.round_time(16, 4) == pytest.approx(table.round_time(16, 4))
+    assert price_table(table) is table
+
+
 def test_measured_overhead_opens_a_closed_gate():
     planner = VerifyPlanner("dspark-async+gate", _table())
     survival = np.cumprod(np.full((16, 7), 0.8), axis=1)

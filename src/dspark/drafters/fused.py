@@ -9,8 +9,7 @@ Per draft layer the block (R rows × γ slots, flat N = R·γ) runs: residual ad
 one fused QKV GEMM (every GEMM of the block through `dspark.kernels.skinny_gemm.linear`: a
 weight-streaming kernel for few rows where it measured faster than cuBLAS), q/k RMSNorm + rotary (one kernel, `fused_ops.qk_norm_rope`), attention over the
 paged context plus the block's own K/V (one kernel, `dspark.kernels.block_attention`, no gather and no
-mask), o_proj, add + RMSNorm, one fused gate/up GEMM, SiLU·up, down_proj (the last two steps, with the
-residual adds and norms, folded into the GEMMs where the skinny kernel runs: `kernels.skinny_fused`). The absorb
+mask), o_proj, add + RMSNorm, one fused gate/up GEMM, SiLU·up (one kernel), down_proj. The absorb
 projects the context features once (fc, RMSNorm) and then every layer's k/v in ONE GEMM, and writes
 each layer's normed, rotated k and its v straight into the pages (`fused_ops.qk_norm_rope_store`).
 
@@ -34,9 +33,8 @@ from torch import nn
 from dspark.drafters.base import ContextKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
 from dspark.kernels.block_attention import block_attention
-from dspark.kernels.skinny_fused import linear_add_rms_norm
 from dspark.kernels.skinny_gemm import linear
-from dspark.models.fused_ops import add_rms_norm, qk_norm_rope, qk_norm_rope_store
+from dspark.models.fused_ops import add_rms_norm, qk_norm_rope, qk_norm_rope_store, silu_mul
 
 
 class DraftNetwork(Protocol):
@@ -119,22 +117,21 @@ def block_hidden(net: DraftNetwork, weights: FusedWeights, block_ids: torch.Tens
     h = net.embed_tokens(block_ids).view(n, -1)
     cos, sin = _rows_cos_sin(net, positions, h.dtype)
     rows = torch.arange(n, device=h.device)
-    layers = list(net.layers)
-    residual, x = add_rms_norm(None, h, layers[0].input_layernorm.weight, layers[0].input_layernorm.eps)
-    for i, (layer, w) in enumerate(zip(layers, weights.layers)):
+    residual, delta = h, None
+    for i, (layer, w) in enumerate(zip(net.layers, weights.layers)):
         attn = layer.self_attn
+        residual, x = add_rms_norm(delta, residual, layer.input_layernorm.weight, layer.input_layernorm.eps)
         q, k, v = qk_norm_rope(linear(x, w.qkv, w.qkv_bias), cos, sin, attn.q_norm.weight, attn.k_norm.weight,
                                attn.q_norm.eps, attn.heads, attn.kv_heads, attn.head_dim, rows)
         k_cache, v_cache, tables = kv.pages(i)
         out = block_attention(q, k, v, k_cache, v_cache, tables, kv.length, attn.head_dim ** -0.5, kv.max_length)
         norm = layer.post_attention_layernorm
-        residual, x = linear_add_rms_norm(out.view(n, -1), attn.o_proj.weight, attn.o_proj.bias, residual,
-                                          norm.weight, norm.eps)
+        o = linear(out.view(n, -1), attn.o_proj.weight, attn.o_proj.bias)
+        residual, x = add_rms_norm(o, residual, norm.weight, norm.eps)
         down = layer.mlp.down_proj
-        norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else net.norm
-        residual, x = linear_add_rms_norm(linear(x, w.gate_up), down.weight, down.bias, residual, norm.weight,
-                                          norm.eps, gated=True)
-    return x.view(r, g, -1)
+        delta = linear(silu_mul(linear(x, w.gate_up)), down.weight, down.bias)
+    _, last = add_rms_norm(delta, residual, net.norm.weight, net.norm.eps)
+    return last.view(r, g, -1)
 
 
 def _context_kv_rows(net: DraftNetwork, weights: FusedWeights, features: torch.Tensor, positions: torch.Tensor

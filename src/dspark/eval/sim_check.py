@@ -80,6 +80,14 @@ def planner_table(llm: LLM, given: SPSTable | None = None) -> SPSTable:
     return llm.planner.sps if uses_table else table_for(llm)
 
 
+def price_table(table: SPSTable) -> SPSTable:
+    """The table the simulator prices steps with: the planner's without its live overhead. That overhead is
+    what the engine's rounds took beyond the profile; the measured terms (prefill, planning, host) price the
+    same time, so counting both made the simulated steps of table-driven policies 20-35% slow (session 11,
+    `docs/benchmarks/serving.md`). The simulated planner still plans with the live table, as the engine's."""
+    return table.without_live()
+
+
 def graph_ladder(llm: LLM) -> tuple[int, ...] | None:
     """The token / sequence ladder the engine's CUDA graphs pad decode steps to (None: eager steps)."""
     if not getattr(llm.runner.step, "enabled", False):
@@ -447,13 +455,13 @@ def engine_cost(llm: LLM, mean_prompt: float, mean_context: float, *, table: SPS
     `profile_engine` at the table's counts and those beyond (at the table's context), while the
     simulated planner keeps reading the planner's table."""
     table = planner_table(llm, table)
-    terms = engine_terms(llm, table, mean_prompt, mean_context, requests, cover, prefill, context, seed)
+    terms = engine_terms(llm, price_table(table), mean_prompt, mean_context, requests, cover, prefill, context, seed)
     rows = dict(terms.rows)
     plan_cost = measure_plan_cost(llm.config.policy, table, acceptance, requests, timer, seed=seed) if plan else None
     if plan_cost is not None:
         rows["plan"] = [{"requests": r, "seconds": t} for r, t in zip(plan_cost.requests, plan_cost.seconds)]
-    cost = StepCost(terms.cost_table or table, terms.prefill, graph_ladder(llm), terms.context_s, terms.draft_context_s,
-                    terms.context_0, plan_cost)
+    cost = StepCost(terms.cost_table or price_table(table), terms.prefill, graph_ladder(llm), terms.context_s,
+                    terms.draft_context_s, terms.context_0, plan_cost)
     if host:
         got = _tried("host term", lambda: measure_host_cost(llm, cost, max(1, round(mean_prompt)), requests, max_tokens,
                                                             seed=seed))

@@ -41,26 +41,11 @@ MAX_ERROR = 1e-2  # relative L2 distance to F.linear's result above which a cand
 
 
 @triton.jit
-def _load_x(x_rows, rk, mask, K, GATED: tl.constexpr):
-    """A [BLOCK_M, BLOCK_K] tile of x; GATED: x = silu(gate) * up of a fused [M, 2K] gate/up row, rounded to the
-    model dtype as `dspark.models.fused_ops.silu_mul` rounds (the activation first, then the product)."""
-    if GATED:
-        g = tl.load(x_rows + rk[None, :], mask=mask, other=0.0)
-        dtype = g.dtype
-        g = g.to(tl.float32)
-        u = tl.load(x_rows + K + rk[None, :], mask=mask, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
-        return (act * u).to(dtype)
-    else:
-        return tl.load(x_rows + rk[None, :], mask=mask, other=0.0)
-
-
-@triton.jit
 def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_os, stride_om,
                    HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr, USE_PDL: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
     """Program (n, s): rows 0..M-1 times W[n·BLOCK_N : +BLOCK_N, s·k_per_split : +k_per_split]ᵀ; DIRECT writes
-    the output (bias added, cast), else the float32 partial sum of split s. GATED: see `_load_x`."""
+    the output (bias added, cast), else the float32 partial sum of split s."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -77,16 +62,16 @@ def _skinny_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, k_per_split, stride_xm
     k_ok = rk < k_end
     w = tl.load(w_rows + rk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
     wait_inputs(USE_PDL)
-    x = _load_x(x_rows, rk, row_ok[:, None] & k_ok[None, :], K, GATED)
+    x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
     acc = tl.dot(x, tl.trans(w), tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
     for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
-            x = _load_x(x_rows, rk, row_ok[:, None], K, GATED)
+            x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None], other=0.0)
             w = tl.load(w_rows + rk[None, :], mask=col_ok[:, None], other=0.0)
         else:
             k_ok = rk < K
-            x = _load_x(x_rows, rk, row_ok[:, None] & k_ok[None, :], K, GATED)
+            x = tl.load(x_rows + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + rk[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
     mask = row_ok[:, None] & col_ok[None, :]
@@ -151,51 +136,38 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config,
-                  out: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+                  out: torch.Tensor | None = None, pdl: bool | None = None) -> torch.Tensor:
     """x [M, K] (M <= MAX_ROWS), weight [N, K], bias [N] or None -> [M, N] in x's dtype, with `config`.
 
-    `gated`: x is a fused gate/up projection [M, 2K] and the product is ``silu(gate) * up`` times Wᵀ.
-    """
-    if gated and (x.dim() != 2 or x.shape[-1] != 2 * weight.shape[-1]):
-        raise ValueError(f"skinny_linear(gated): x [M, 2K] expected for weight [N, K], got {tuple(x.shape)} and "
-                         f"{tuple(weight.shape)}")
-    m, n, k = _check(x[:, :weight.shape[1]] if gated else x, weight, bias)
+    `pdl`: launch with programmatic dependent launch (None: `use_pdl` decides; the tuning times without)."""
+    m, n, k = _check(x, weight, bias)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if m == 0:
         return y
-    part = skinny_partials(x, weight, bias, config, y, gated)
-    if part is not None:
-        pdl = use_pdl(x.device, m)
-        block = 1024
-        _reduce_kernel[(triton.cdiv(m * n, block),)](part, bias if bias is not None else y, y, m, n, part.shape[0],
-                                                     part.stride(0), y.stride(0), HAS_BIAS=bias is not None,
-                                                     BLOCK=block, USE_PDL=pdl, num_warps=4, launch_pdl=pdl)
-    return y
-
-
-def skinny_partials(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: Config,
-                    y: torch.Tensor, gated: bool = False) -> torch.Tensor | None:
-    """The GEMM kernel itself: with one K split it writes y (bias added) and returns None; with several it
-    returns their float32 partial sums [SPLIT, M, N] (bias not added), for a reduce kernel to finish."""
-    m, n, k = x.shape[0], weight.shape[0], weight.shape[1]
     bm = block_m(m)
     split = max(1, min(config.split, -(-k // config.block_k)))
     k_per_split = -(-(-(-k // split)) // config.block_k) * config.block_k  # a multiple of BLOCK_K
     split = -(-k // k_per_split)
     even_k = k % config.block_k == 0
     tiles = triton.cdiv(n, config.block_n)
-    pdl = use_pdl(x.device, m)
-    meta = dict(EVEN_K=even_k, BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k, GATED=gated, USE_PDL=pdl,
-                num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl)
+    b = bias if bias is not None else y  # never read when HAS_BIAS is False
+    pdl = use_pdl(x.device, m) if pdl is None else pdl
     if split == 1:
-        b = bias if bias is not None else y  # never read when HAS_BIAS is False
         _skinny_kernel[(tiles, 1)](x, weight, b, y, m, n, k, k_per_split, x.stride(0), weight.stride(0), 0,
-                                   y.stride(0), HAS_BIAS=bias is not None, DIRECT=True, **meta)
-        return None
+                                   y.stride(0), HAS_BIAS=bias is not None, DIRECT=True, EVEN_K=even_k, BLOCK_M=bm,
+                                   BLOCK_N=config.block_n, BLOCK_K=config.block_k, USE_PDL=pdl,
+                                   num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl)
+        return y
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device)
-    _skinny_kernel[(tiles, split)](x, weight, y, part, m, n, k, k_per_split, x.stride(0), weight.stride(0),
-                                   part.stride(0), part.stride(1), HAS_BIAS=False, DIRECT=False, **meta)
-    return part
+    _skinny_kernel[(tiles, split)](x, weight, b, part, m, n, k, k_per_split, x.stride(0), weight.stride(0),
+                                   part.stride(0), part.stride(1), HAS_BIAS=False, DIRECT=False, EVEN_K=even_k,
+                                   BLOCK_M=bm, BLOCK_N=config.block_n, BLOCK_K=config.block_k, USE_PDL=pdl,
+                                   num_warps=config.num_warps, num_stages=config.num_stages, launch_pdl=pdl)
+    block = 1024
+    _reduce_kernel[(triton.cdiv(m * n, block),)](part, b, y, m, n, split, part.stride(0), y.stride(0),
+                                                 HAS_BIAS=bias is not None, BLOCK=block, USE_PDL=pdl, num_warps=4,
+                                                 launch_pdl=pdl)
+    return y
 
 
 def candidates(n: int, k: int, sms: int) -> list[Config]:
@@ -250,7 +222,9 @@ def choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         try:
             if (skinny_linear(x, weight, bias, config, out).float() - want).norm().item() > MAX_ERROR * scale:
                 continue  # a wrong result (a compiler or hardware problem) is never chosen
-            us = rotating_graph_us(_timed_calls(lambda a, w, b: skinny_linear(a, w, b, config), x, weights, biases))
+            # without PDL, as F.linear runs: chained launches of one kernel would overlap as no step's do
+            us = rotating_graph_us(_timed_calls(lambda a, w, b: skinny_linear(a, w, b, config, pdl=False), x, weights,
+                                                biases))
         except Exception:  # a configuration this GPU / Triton cannot run (resources): not a candidate
             continue
         if us < best_us:
@@ -262,24 +236,20 @@ def enabled() -> bool:
     return os.environ.get("DSPARK_SKINNY_GEMM", "1") != "0"
 
 
-def config_for(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Config | None:
-    """The skinny configuration for x [M, K] times weightᵀ (tuned on first sight), or None where `F.linear` runs."""
-    if (x.device.type != "cuda" or not enabled() or x.dtype not in (torch.bfloat16, torch.float16)
-            or weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1 or x.dim() != 2):
-        return None
-    rows = x.shape[0]
-    if rows == 0 or rows > MAX_ROWS or x.stride(1) != 1 or (bias is not None and not bias.is_contiguous()):
-        return None
-    key = (block_m(rows), weight.shape[0], weight.shape[1], x.dtype, bias is not None, x.device)
-    if key not in _CHOICE:
-        _CHOICE[key] = None if torch.cuda.is_current_stream_capturing() else choose(x, weight, bias)
-    return _CHOICE[key]
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through the skinny kernel where it measured faster (see the module docstring)."""
+    if (x.device.type != "cuda" or not enabled() or x.dtype not in (torch.bfloat16, torch.float16)
+            or weight.dtype != x.dtype or weight.dim() != 2 or weight.stride(1) != 1):
+        return F.linear(x, weight, bias)
+    lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
-    config = config_for(flat, weight, bias)
+    rows = flat.shape[0]
+    if rows == 0 or rows > MAX_ROWS or flat.stride(1) != 1 or (bias is not None and not bias.is_contiguous()):
+        return F.linear(x, weight, bias)
+    key = (block_m(rows), weight.shape[0], weight.shape[1], x.dtype, bias is not None, x.device)
+    if key not in _CHOICE:
+        _CHOICE[key] = None if torch.cuda.is_current_stream_capturing() else choose(flat, weight, bias)
+    config = _CHOICE[key]
     if config is None:
         return F.linear(x, weight, bias)
-    return skinny_linear(flat, weight, bias, config).view(*x.shape[:-1], weight.shape[0])
+    return skinny_linear(flat, weight, bias, config).view(*lead, weight.shape[0])

@@ -204,13 +204,10 @@ class DenseLM(nn.Module):
         """The decoder stack on the fused kernels: (raw outputs of the layers in `ids`, final-normed hidden).
 
         The residual stream is carried un-normed between layers and each residual add is fused with the
-        next RMSNorm (and, where the skinny GEMM splits K, with the GEMM's reduce: `kernels.skinny_fused`;
-        SiLU·up is the down projection's prologue), so layer i's raw output is the residual after layer i's
-        last add (no extra pass).
+        next RMSNorm, so layer i's raw output appears as the residual of layer i+1's first add (no extra pass).
         """
-        from dspark.kernels.skinny_fused import linear_add_rms_norm
         from dspark.kernels.skinny_gemm import linear
-        from dspark.models.fused_ops import add_rms_norm, qk_norm_rope_store
+        from dspark.models.fused_ops import add_rms_norm, qk_norm_rope_store, silu_mul
 
         attention = self.attention_fn()
         bounds: dict[str, int] = {}
@@ -220,9 +217,10 @@ class DenseLM(nn.Module):
         n = h.shape[0]
         cos2, sin2 = cos.view(n, -1), sin.view(n, -1)
         saved: dict[int, torch.Tensor] = {-1: h} if -1 in ids else {}
-        first = self.layers[0].input_layernorm
-        residual, x = add_rms_norm(None, h, first.weight, first.eps)
+        residual, delta = h, None
         for i, layer in enumerate(self.layers):
+            norm = layer.input_layernorm
+            residual, x = add_rms_norm(delta, residual, norm.weight, norm.eps)
             if i - 1 in ids:
                 saved[i - 1] = residual
             qkv = linear(x, layer.qkv_proj.weight, layer.qkv_proj.bias)
@@ -233,13 +231,12 @@ class DenseLM(nn.Module):
                                    batch.slot_mapping)
             out = attention(q, kv.k[i], kv.v[i], batch, layer.scale, **bounds)  # [N, H, D]
             norm = layer.post_attention_layernorm
-            residual, x = linear_add_rms_norm(out.reshape(n, -1), layer.o_proj.weight, layer.o_proj.bias, residual,
-                                              norm.weight, norm.eps)
+            o = linear(out.reshape(n, -1), layer.o_proj.weight, layer.o_proj.bias)
+            residual, x = add_rms_norm(o, residual, norm.weight, norm.eps)
             gate_up = linear(x, layer.gate_up_proj.weight, layer.gate_up_proj.bias)
-            norm = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.norm
-            residual, x = linear_add_rms_norm(gate_up, layer.down_proj.weight, layer.down_proj.bias, residual,
-                                              norm.weight, norm.eps, gated=True)
-        return saved, x
+            delta = linear(silu_mul(gate_up), layer.down_proj.weight, layer.down_proj.bias)
+        residual, last = add_rms_norm(delta, residual, self.norm.weight, self.norm.eps)
+        return saved, last
 
     def _check_feature_ids(self, feature_layer_ids: list[int] | None) -> list[int]:
         ids = [int(i) for i in feature_layer_ids or []]

@@ -154,6 +154,14 @@ class SPSTable:
         out.live = live
         return out
 
+    def without_live(self) -> SPSTable:
+        """The same table (curves shared) without a live overhead: the profile's curves alone."""
+        if self.live is None:
+            return self
+        out = copy.copy(self)
+        out.live = None
+        return out
+
     # ------------------------------------------------------------------ lookups
     @property
     def tokens(self) -> list[int]:
