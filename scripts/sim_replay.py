@@ -1,0 +1,94 @@
+"""Replay a frontier run's simulator inputs offline, against the points that run measured (CPU, seconds).
+
+    python scripts/sim_replay.py --sim-dir runs/sim8b --frontier frontier8b.json
+
+`scripts/bench_frontier.py --simulate --sim-dir DIR` keeps, per policy, the planner's SPS table
+(POLICY.sps.json), the measured step-cost terms (POLICY.cost.json, and POLICY.cost.sps.json when the step
+prices came from a re-profiled table) and the trace of its engine's rounds (POLICY.trace.jsonl). This
+script simulates every measured point of `--frontier` (its JSON) again from those files, as the run did
+(`dspark.eval.sim_check.simulate_point`: chunked prefill within the run's step budget, the censored rounds
+continued at their confidences), and prints measured against simulated throughput and per-user speed
+with the relative errors, then ONE JSON line. What it cannot replay: state the files do not hold (the
+planner's live overhead is not saved; the simulator prices steps without it anyway, `price_table`).
+Synthetic-acceptance runs stay NOT lossless: their label is printed with every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dspark.eval.closed_loop import default_warmup
+from dspark.eval.sim_check import NO_DRAFTS, Workload, simulate_point
+from dspark.scheduling.sps_table import SPSTable
+from dspark.sim.acceptance import TraceAcceptance
+from dspark.sim.cost import StepCost
+
+
+def stem(policy: str) -> str:
+    """The file stem bench_frontier's --sim-dir gives a policy."""
+    return policy.replace(":", "-").replace("+", "_")
+
+
+def step_budget(config: dict, gamma: int) -> int:
+    """The engine's max_num_batched_tokens as bench_frontier builds it (every policy the same room)."""
+    return max(config["concurrency"]) * (gamma + 1) + max(2048, int(config.get("prompt_len") or 0))
+
+
+def replay(sim_dir: Path, frontier: dict) -> list[dict]:
+    config = frontier["config"]
+    prompt = int(config.get("prompt_len") or 0)
+    if prompt <= 0:
+        raise SystemExit("sim_replay: the frontier JSON has no fixed prompt_len (prompt sets are not replayable here)")
+    rows = []
+    for policy in dict.fromkeys(p["policy"] for p in frontier["points"]):
+        s = stem(policy)
+        table_path, cost_path = sim_dir / f"{s}.sps.json", sim_dir / f"{s}.cost.json"
+        if not table_path.is_file() or not cost_path.is_file():
+            print(f"{policy}: no {table_path.name} / {cost_path.name} in {sim_dir}: skipped", file=sys.stderr)
+            continue
+        table = SPSTable.load(table_path)
+        priced = SPSTable.load(sim_dir / f"{s}.cost.sps.json") if (sim_dir / f"{s}.cost.sps.json").is_file() else table
+        cost = StepCost.from_dict(priced, json.loads(cost_path.read_text())["cost"])
+        trace_path = sim_dir / f"{s}.trace.jsonl"
+        acceptance = TraceAcceptance.load(trace_path, censored="confidence") if trace_path.is_file() else NO_DRAFTS
+        gamma = getattr(acceptance, "gamma", 0) if trace_path.is_file() else 0
+        work = Workload((prompt,) * int(config.get("num_prompts") or 512), int(config["max_tokens"]),
+                        step_budget(config, gamma), int(config.get("seed") or 0))
+        for point in (p for p in frontier["points"] if p["policy"] == policy):
+            c = int(point["concurrency"])
+            n = int(config.get("num_requests") or max(8, 2 * c))
+            warm = default_warmup(c) if config.get("warmup_requests") is None else int(config["warmup_requests"])
+            sim = simulate_point(policy, c, n, warm, work, table, cost, acceptance)
+            rows.append({"policy": policy, "concurrency": c, "throughput": point["throughput"],
+                         "sim_throughput": sim.throughput, "throughput_error": sim.throughput / point["throughput"] - 1,
+                         "per_user": point["per_user_mean"], "sim_per_user": sim.per_user_mean,
+                         "per_user_error": sim.per_user_mean / point["per_user_mean"] - 1,
+                         "tau": point["tau"], "sim_tau": sim.mean_committed})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sim-dir", required=True, type=Path, help="bench_frontier.py --sim-dir output")
+    ap.add_argument("--frontier", required=True, type=Path, help="the same run's --json-out")
+    args = ap.parse_args(argv)
+    frontier = json.loads(args.frontier.read_text())
+    label = " [synthetic acceptance (NOT lossless)]" if frontier.get("lossless") is False else ""
+    rows = replay(args.sim_dir, frontier)
+    print(f"{'policy':<20}{'conc':>5}{'tok/s':>10}{'sim':>10}{'err':>8}{'tok/s/user':>12}{'sim':>9}{'err':>8}"
+          f"{'tau':>6}{'sim':>6}{label}")
+    for r in rows:
+        print(f"{r['policy']:<20}{r['concurrency']:>5}{r['throughput']:>10.1f}{r['sim_throughput']:>10.1f}"
+              f"{r['throughput_error']:>+8.1%}{r['per_user']:>12.1f}{r['sim_per_user']:>9.1f}{r['per_user_error']:>+8.1%}"
+              f"{r['tau']:>6.2f}{r['sim_tau']:>6.2f}{label}")
+    worst = max((max(abs(r["throughput_error"]), abs(r["per_user_error"])) for r in rows), default=float("nan"))
+    print(json.dumps({"bench": "sim_replay", "lossless": frontier.get("lossless"), "sim_dir": str(args.sim_dir),
+                      "frontier": str(args.frontier), "max_abs_error": worst, "points": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
