@@ -5,6 +5,8 @@ Triton is optional (the ``[gpu]`` extra): without it this package imports, ``HAS
 the names below are absent, so callers fall back to the plain PyTorch path
 (`dspark.models.paged_attention`, `PagedKVCache.write`). On the CPU the kernels run only under
 Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import), which the tests use.
+On Hopper GPUs every kernel of a small step is launched with programmatic dependent launch
+(`dspark.kernels.pdl`: the next kernel starts while the previous one drains; ``DSPARK_PDL=0`` turns it off).
 """
 
 from __future__ import annotations
