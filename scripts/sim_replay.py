@@ -37,7 +37,9 @@ def step_budget(config: dict, gamma: int) -> int:
     return max(config["concurrency"]) * (gamma + 1) + max(2048, int(config.get("prompt_len") or 0))
 
 
-def replay(sim_dir: Path, frontier: dict) -> list[dict]:
+def replay(sim_dir: Path, frontier: dict, pad_planner: bool = False) -> list[dict]:
+    """Every measured point simulated again; `pad_planner`: the planner reads its table padded up the cost
+    file's CUDA-graph ladder (what engines since session 12 do; a run's table then already holds it)."""
     config = frontier["config"]
     prompt = int(config.get("prompt_len") or 0)
     if prompt <= 0:
@@ -52,6 +54,8 @@ def replay(sim_dir: Path, frontier: dict) -> list[dict]:
         table = SPSTable.load(table_path)
         priced = SPSTable.load(sim_dir / f"{s}.cost.sps.json") if (sim_dir / f"{s}.cost.sps.json").is_file() else table
         cost = StepCost.from_dict(priced, json.loads(cost_path.read_text())["cost"])
+        if pad_planner and cost.ladder and not table.ladder:
+            table = table.with_ladder(cost.ladder)
         trace_path = sim_dir / f"{s}.trace.jsonl"
         acceptance = TraceAcceptance.load(trace_path, censored="confidence") if trace_path.is_file() else NO_DRAFTS
         gamma = getattr(acceptance, "gamma", 0) if trace_path.is_file() else 0
@@ -74,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sim-dir", required=True, type=Path, help="bench_frontier.py --sim-dir output")
     ap.add_argument("--frontier", required=True, type=Path, help="the same run's --json-out")
+    ap.add_argument("--pad-planner", action="store_true",
+                    help="plan with the table padded up the engine's CUDA-graph ladder (runs before session 12 did not)")
     args = ap.parse_args(argv)
     frontier = json.loads(args.frontier.read_text())
     label = " [synthetic acceptance (NOT lossless)]" if frontier.get("lossless") is False else ""
-    rows = replay(args.sim_dir, frontier)
+    rows = replay(args.sim_dir, frontier, args.pad_planner)
     print(f"{'policy':<20}{'conc':>5}{'tok/s':>10}{'sim':>10}{'err':>8}{'tok/s/user':>12}{'sim':>9}{'err':>8}"
           f"{'tau':>6}{'sim':>6}{label}")
     for r in rows:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tau']:>6.2f}{r['sim_tau']:>6.2f}{label}")
     worst = max((max(abs(r["throughput_error"]), abs(r["per_user_error"])) for r in rows), default=float("nan"))
     print(json.dumps({"bench": "sim_replay", "lossless": frontier.get("lossless"), "sim_dir": str(args.sim_dir),
-                      "frontier": str(args.frontier), "max_abs_error": worst, "points": rows}))
+                      "frontier": str(args.frontier), "pad_planner": args.pad_planner, "max_abs_error": worst, "points": rows}))
     return 0
 
 

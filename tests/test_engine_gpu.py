@@ -84,3 +84,16 @@ def test_graphed_steps_equal_eager_seeded_sampling(pair, policy):
         got.append([llm.result(i).token_ids for i in ids])
     agree = sum(a == b for g, w in zip(*got) for a, b in zip(g, w)) / sum(len(w) for w in got[1])
     assert agree > 0.97, agree
+
+
+def test_table_driven_planner_prices_steps_at_the_graph_ladder(pair):
+    """A graphed engine's planner reads its SPS table padded up the graphs' ladder (what a step really costs)."""
+    from dspark.scheduling import SPSTable
+
+    target, drafter = pair
+    table = SPSTable([1, 64], [100.0, 50.0], draft_cost={1: 1e-4, 8: 2e-4})
+    llm = LLM(target, drafter, policy="dspark-async", sps=table, page_size=16, max_num_seqs=8, eos_token_ids=(-1,))
+    ladder = llm.runner.graph_ladder()
+    assert ladder and llm.planner.base_sps.ladder == ladder
+    above = next(x for x in ladder if x > 5)
+    assert llm.planner.sps.step_time(5) == pytest.approx(table.step_time(above if 5 not in ladder else 5))

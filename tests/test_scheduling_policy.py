@@ -234,3 +234,17 @@ def test_threshold_is_monotone_in_t(conf, t1, t2):
     survival = np.cumprod(conf, axis=1)
     lo, hi = sorted((t1, t2))
     assert np.all(plan_verify_lengths(survival, JAGGED, f"threshold:{hi!r}") <= plan_verify_lengths(survival, JAGGED, f"threshold:{lo!r}"))
+
+
+def test_a_padded_table_fills_the_rung_it_pays_for():
+    # Forwards run padded to 8 or 16 tokens (CUDA-graph sizes). Unpadded, Θ of dspark-async's capacity
+    # search peaks at 14 tokens (6 drafts a row); padded, 9..16 tokens cost one price, so it takes all 16.
+    # Algorithm 1's early stop meets the rung's cliff at 9 tokens and stops at 8 (3 drafts a row), as at
+    # JAGGED's cliff above: the price it sees is the one the engine pays.
+    linear = SPSTable([1, 8, 16], [1 / 1.0, 1 / 1.2, 1 / 2.0])
+    padded = linear.with_ladder([1, 2, 4, 8, 16])
+    survival = np.array([[0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65]] * 2)
+    assert plan_verify_lengths(survival, linear, "dspark-async", stale_survival=survival).tolist() == [6, 6]
+    assert plan_verify_lengths(survival, padded, "dspark-async", stale_survival=survival).tolist() == [7, 7]
+    assert async_capacity(survival, padded, 2) == 14
+    assert plan_verify_lengths(survival, padded, "dspark").tolist() == [3, 3]

@@ -171,3 +171,31 @@ def test_roofline_bad_input():
         roofline_table("h200", "qwen3-8b", context_len=0)
     with pytest.raises(ConfigError, match="unknown drafter"):
         roofline_table("h200", "qwen3-8b", context_len=10, drafter="medusa")
+
+
+def test_ladder_prices_a_forward_at_its_padded_size():
+    plain = SPSTable([1, 8, 16], [1 / 1.0, 1 / 2.0, 1 / 4.0])  # times 1, 2, 4 s
+    table = plain.with_ladder([1, 2, 4, 6, 8, 12, 16])
+    assert plain.ladder is None and table.ladder == (1, 2, 4, 6, 8, 12, 16)
+    for b, padded in ((3, 4), (5, 6), (7, 8), (9, 12), (13, 16), (16, 16)):
+        assert table.step_time(b) == pytest.approx(plain.step_time(padded))  # scalar (cached) path
+    assert table.step_time(np.array([5.0, 7.0, 20.0])) == pytest.approx(
+        [plain.step_time(6), plain.step_time(8), plain.step_time(20)])  # array path; above the top: unpadded
+    assert table.step_time(np.array([9, 10, 11])) == pytest.approx([plain.step_time(12)] * 3)  # one rung: one price
+    assert table.dense_step_times(20)[9:13] == pytest.approx([plain.step_time(12)] * 4)
+    assert table.with_ladder(None).step_time(9) == pytest.approx(plain.step_time(9))
+
+
+def test_ladder_survives_json_and_bad_ladders_are_refused(tmp_path):
+    table = SPSTable([1, 8], [1.0, 0.5], ladder=[8, 2, 1, 4, 4])
+    assert table.ladder == (1, 2, 4, 8)
+    table.save(tmp_path / "t.json")
+    back = SPSTable.load(tmp_path / "t.json")
+    assert back.ladder == (1, 2, 4, 8) and back.step_time(3) == pytest.approx(table.step_time(4))
+    assert "ladder" not in SPSTable([1, 8], [1.0, 0.5]).to_dict()  # tables without one are written as before
+    for bad in ([0, 2], [1.5], ["x"], 7):
+        with pytest.raises(ConfigError, match="ladder"):
+            SPSTable([1, 8], [1.0, 0.5], ladder=bad)
+    data = table.to_dict() | {"ladder": [2, -1]}
+    with pytest.raises(ConfigError, match="ladder"):
+        SPSTable.from_dict(data)

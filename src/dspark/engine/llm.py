@@ -176,6 +176,9 @@ class LLM:
                 from dspark.engine.profile import table_for
 
                 sps = table_for(self)
+        ladder = self.runner.graph_ladder()
+        if sps is not None and ladder and not sps.ladder:  # price verify forwards as the graphs run them
+            sps = sps.with_ladder(ladder)
         planner = VerifyPlanner(policy, sps) if isinstance(policy, str) else policy
         if planner.drafting and self.drafter is None:
             raise ConfigError(f"policy {policy!r} drafts, but no drafter was given (use policy 'none')")

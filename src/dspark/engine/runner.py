@@ -84,6 +84,13 @@ class Runner:
     def supports_prefix_caching(self) -> bool:
         return self.target.supports_prefix_caching
 
+    def graph_ladder(self) -> tuple[int, ...] | None:
+        """The token / sequence sizes the step's CUDA graphs pad a decode step up to (None: eager steps)."""
+        if not getattr(self.step, "enabled", False):
+            return None
+        sizes = getattr(self.target, "sizes", None)
+        return tuple(int(x) for x in sizes) if sizes else None
+
     # ------------------------------------------------------------------------------ plan
     def _plan(self, out: SchedulerOutput) -> StepPlan:
         """The step's `StepPlan`: through the step's own `upload` when it has one (`GraphedStep`), else `upload_plan`."""

@@ -90,10 +90,7 @@ def price_table(table: SPSTable) -> SPSTable:
 
 def graph_ladder(llm: LLM) -> tuple[int, ...] | None:
     """The token / sequence ladder the engine's CUDA graphs pad decode steps to (None: eager steps)."""
-    if not getattr(llm.runner.step, "enabled", False):
-        return None
-    sizes = getattr(llm.runner.target, "sizes", None)
-    return tuple(int(x) for x in sizes) if sizes else None
+    return llm.runner.graph_ladder()
 
 
 def _start_decoding(llm: LLM, num: int, context: int, max_tokens: int, rng: np.random.Generator, tag: str) -> list[str]:

@@ -24,6 +24,13 @@ Interpolation and extrapolation (the same rule for every curve, applied to TIME,
 * above the last point, time continues on the straight line through the last two points, with the slope
   clamped at >= 0 (a larger batch is never cheaper); a one-point curve is constant everywhere.
 
+**Padding ladder** (optional, `with_ladder`): an engine that replays CUDA graphs runs a step of ``B``
+tokens as the graph captured for the next size of its ladder (`dspark.engine.graphed_target.ladder_for`:
+1, 2, 3, 4, 6, 8, 12, ... tokens), so ``B`` costs what ``pad(B)`` costs, and verifying fewer drafts
+saves nothing until the batch drops below the rung beneath. A table with a ladder prices every verify
+forward at ``pad(B)`` (``B`` itself above the top rung: those steps run eagerly, unpadded); the planner
+then fills each rung it pays for instead of trimming drafts that cost nothing.
+
 ``monotone=True`` replaces the verify times by their running maximum over increasing ``B`` (so SPS never
 rises with the batch size): a measured dip is treated as noise. Cliffs (sudden slow-downs at tile or
 CUDA-graph boundaries) are kept; only the dips after them are filled.
@@ -34,7 +41,7 @@ JSON format (``save`` / ``load``)::
      "tokens": [1, 2, 4, ...], "steps_per_second": [95.1, 94.8, ...],
      "request_cost": {"requests": [1, 8, ...], "seconds": [0.0001, 0.0007, ...]}, # optional
      "draft_cost": {"requests": [1, 8, ...], "seconds": [0.0011, 0.0012, ...]},   # optional
-     "monotone": false, "meta": {...}}                                              # optional
+     "monotone": false, "ladder": [1, 2, 3, 4, 6, ...], "meta": {...}}              # optional
 """
 
 from __future__ import annotations
@@ -92,6 +99,29 @@ def _interp_time(keys: np.ndarray, times: np.ndarray, x: np.ndarray) -> np.ndarr
     return out
 
 
+def _ladder(sizes: Sequence[Any] | None, what: str = "padding ladder") -> tuple[int, ...] | None:
+    """Validate a ladder: integer sizes >= 1 (sorted, duplicates dropped); None or empty = no ladder."""
+    if sizes is None:
+        return None
+    try:
+        values = [float(x) for x in sizes]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a list of integers >= 1, got {sizes!r}") from None
+    if any(not np.isfinite(x) or x != round(x) or x < 1 for x in values):
+        raise ConfigError(f"{what} must hold integers >= 1, got {list(sizes)}")
+    return tuple(sorted({int(x) for x in values})) or None
+
+
+def pad_to_ladder(x: np.ndarray, ladder: tuple[int, ...] | None) -> np.ndarray:
+    """Each of `x` padded up to the next ladder size (unchanged above the top rung, at <= 0, or without a ladder)."""
+    if not ladder:
+        return x
+    rungs = np.asarray(ladder, dtype=np.float64)
+    idx = np.searchsorted(rungs, x)  # first rung >= x
+    inside = (x > 0) & (x <= rungs[-1])
+    return np.where(inside, rungs[np.minimum(idx, rungs.size - 1)], x)
+
+
 class _RequestCurve:
     """Seconds keyed by request count, with a dense per-integer cache for the scheduler's hot path."""
 
@@ -136,6 +166,7 @@ class SPSTable:
         request_cost: RequestCurve | None = None,
         monotone: bool = False,
         meta: Mapping[str, Any] | None = None,
+        ladder: Sequence[int] | None = None,
     ) -> None:
         self._tokens, sps = _as_points(tokens, steps_per_second, "SPS table", "steps_per_second")
         self._raw_sps = sps  # [P] as given (saved as is)
@@ -147,11 +178,19 @@ class SPSTable:
         self._request = None if request_cost is None else _RequestCurve(request_cost, "request cost")
         self._dense = np.empty(0)  # step time at every integer token count, grown on demand
         self.live: LiveOverhead | None = None  # measured per-round time the profile missed (`with_live`)
+        self.ladder = _ladder(ladder)  # the CUDA-graph sizes a verify forward is padded up to (None: unpadded)
 
     def with_live(self, live: LiveOverhead) -> SPSTable:
         """The same table (curves shared) whose request cost also counts `live`'s measured per-round time."""
         out = copy.copy(self)
         out.live = live
+        return out
+
+    def with_ladder(self, ladder: Sequence[int] | None) -> SPSTable:
+        """The same table (curves shared) pricing every verify forward at its padded size (None: unpadded)."""
+        out = copy.copy(self)
+        out.ladder = _ladder(ladder)
+        out._dense = np.empty(0)
         return out
 
     def without_live(self) -> SPSTable:
@@ -177,10 +216,11 @@ class SPSTable:
         return self._draft is not None
 
     def step_time(self, batch_tokens: float | np.ndarray) -> float | np.ndarray:
-        """Seconds of one target forward over `batch_tokens` tokens (scalar or array)."""
+        """Seconds of one target forward over `batch_tokens` tokens (scalar or array), padded up the ladder."""
         if isinstance(batch_tokens, (int, np.integer)) and batch_tokens >= 1:  # the hot path: a cached lookup
             return float(self.dense_step_times(int(batch_tokens))[batch_tokens])
-        out = _interp_time(self._tokens, self._times, np.asarray(batch_tokens, dtype=np.float64))
+        x = pad_to_ladder(np.asarray(batch_tokens, dtype=np.float64), self.ladder)
+        out = _interp_time(self._tokens, self._times, x)
         return float(out) if out.ndim == 0 else out
 
     def sps(self, batch_tokens: float | np.ndarray) -> float | np.ndarray:
@@ -229,7 +269,8 @@ class SPSTable:
         """
         if self._dense.size <= max_tokens:
             n = max(int(max_tokens) + 1, 2 * self._dense.size, 1024)
-            dense = _interp_time(self._tokens, self._times, np.maximum(np.arange(n, dtype=np.float64), 1.0))
+            x = pad_to_ladder(np.maximum(np.arange(n, dtype=np.float64), 1.0), self.ladder)
+            dense = _interp_time(self._tokens, self._times, x)
             dense.setflags(write=False)
             self._dense = dense
         return self._dense
@@ -247,6 +288,8 @@ class SPSTable:
             out["request_cost"] = self._request.to_dict()
         if self._draft is not None:
             out["draft_cost"] = self._draft.to_dict()
+        if self.ladder:
+            out["ladder"] = list(self.ladder)
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -276,6 +319,7 @@ class SPSTable:
             request_cost=curves.get("request_cost"),
             monotone=bool(data.get("monotone", False)),
             meta=data.get("meta"),
+            ladder=_ladder(data.get("ladder"), f"{source}: ladder"),
         )
 
     def save(self, path: str | Path) -> None:
@@ -301,7 +345,8 @@ class SPSTable:
         lo, hi = int(self._tokens[0]), int(self._tokens[-1])
         return (
             f"SPSTable({self._tokens.size} points, tokens {lo}..{hi}, sps {1 / self._times[0]:.4g}..{1 / self._times[-1]:.4g}, "
-            f"request_cost={'yes' if self._request else 'no'}, draft_cost={'yes' if self._draft else 'no'})"
+            f"request_cost={'yes' if self._request else 'no'}, draft_cost={'yes' if self._draft else 'no'}"
+            f"{f', ladder of {len(self.ladder)}' if self.ladder else ''})"
         )
 
     def __eq__(self, other: object) -> bool:

@@ -54,6 +54,7 @@ import numpy as np
 
 from dspark.errors import ConfigError
 from dspark.scheduling import SPSTable
+from dspark.scheduling.sps_table import pad_to_ladder
 
 MIN_CONTEXT_FACTOR = 0.25  # a negative context term never takes a step below this share of its table price
 
@@ -123,9 +124,7 @@ class PrefillCost:
 
 def pad_up(x: int, ladder: Sequence[int] | None) -> int:
     """`x` padded up to the next ladder size (`x` itself above the top, or without a ladder)."""
-    if not ladder or x <= 0 or x > ladder[-1]:
-        return int(x)
-    return int(ladder[int(np.searchsorted(ladder, x))])
+    return int(pad_to_ladder(np.asarray(float(x)), tuple(ladder) if ladder else None))
 
 
 @dataclass(frozen=True)
