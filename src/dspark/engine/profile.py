@@ -211,13 +211,18 @@ def profile_engine(llm: LLM, requests: Sequence[int] = (1, 8, 32), widths: Seque
     return table, rows
 
 
+# verify widths of the start-up profile: with its request counts they land on the CUDA-graph ladder's
+# powers of two and its halfway rungs (R·3, R·6: 48, 96, 192, 384, 768, 1536), which a padded table prices
+PROFILE_WIDTHS = (1, 2, 3, 4, 6, 8)
+
+
 def startup_profile(llm: LLM) -> tuple[list[int], int]:
     """Request counts and context of the start-up profile: 1, 4, 16, 64, 256 up to max_num_seqs (and it),
     at `EngineConfig.profile_context` (default 64, at most an eighth of max_model_len)."""
     limit = llm.config.max_num_seqs
     requests = sorted({r for r in (1, 4, 16, 64, 256) if r <= limit} | {limit})
     context = llm.config.profile_context or min(64, max(8, llm.max_model_len // 8))
-    room = llm.max_model_len - output_budget(llm.num_drafts, 5, 3, 1)
+    room = llm.max_model_len - output_budget(llm.num_drafts, len(PROFILE_WIDTHS) + 1, 3, 1)
     return requests, max(8, min(context, room))
 
 
@@ -227,7 +232,7 @@ def cache_key(llm: LLM) -> str:
     parts = {"target": llm.target.fingerprint(), "runner": type(llm.runner.target).__name__,
              "device": torch.cuda.get_device_name(llm.runner.device) if llm.runner.device.type == "cuda" else "cpu",
              "dtype": str(llm.target.dtype), "page_size": llm.config.page_size, "requests": requests,
-             "context": context}
+             "context": context, "widths": PROFILE_WIDTHS}
     if llm.drafter is not None:
         weights = hashlib.sha256()
         for name, p in sorted(llm.drafter.state_dict().items()):
@@ -269,7 +274,7 @@ def table_for(llm: LLM) -> SPSTable:
             log.warning("ignoring unreadable SPS cache %s (%s)", path, exc)
     requests, context = startup_profile(llm)
     log.info("profiling the engine's SPS table (requests %s, context %d); cached at %s", requests, context, path)
-    table, _ = profile_engine(llm, requests=requests, context=context, repeats=3, warmup=1)
+    table, _ = profile_engine(llm, requests=requests, widths=PROFILE_WIDTHS, context=context, repeats=3, warmup=1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         table.save(path)

@@ -387,7 +387,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     """Re-profiled table, prefill and context terms of one engine setup. They do not depend on the policy
     (each measurement sets its own planners), so engines of one target + drafter (`cache_key`) measure
     them once per process; the planning term is the policy's own (`engine_cost`)."""
-    from dspark.engine.profile import cache_key, output_budget, profile_engine
+    from dspark.engine.profile import PROFILE_WIDTHS, cache_key, output_budget, profile_engine
 
     key = (cache_key(llm), json.dumps(table.to_dict(), sort_keys=True), round(mean_prompt), round(mean_context),
            tuple(requests), tuple(cover), prefill, context, seed, llm.config.max_num_seqs,
@@ -400,12 +400,12 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
     beyond = [int(r) for r in cover if known and int(r) > known[-1]]
     if beyond:
         ctx = int(table.meta.get("context", 64) or 64)
-        growth = output_budget(llm.num_drafts, 4, 3, 1)  # what profile_engine's requests grow by
+        growth = output_budget(llm.num_drafts, len(PROFILE_WIDTHS), 3, 1)  # what profile_engine's requests grow by
         wanted = sorted({r for r in [*beyond, *known] if 1 <= r <= llm.config.max_num_seqs
                          and ctx + growth < llm.max_model_len and _pages_fit(llm, r, ctx + growth)})
         if wanted and wanted[-1] > known[-1]:
-            got = _tried("re-profile", lambda: profile_engine(llm, requests=wanted, context=ctx, repeats=3, warmup=1,
-                                                              seed=seed))
+            got = _tried("re-profile", lambda: profile_engine(llm, requests=wanted, widths=PROFILE_WIDTHS, context=ctx,
+                                                              repeats=3, warmup=1, seed=seed))
             if got is not None:
                 cost_table, rows["profile"] = got
     pre: dict[str, PrefillCost] = {}
