@@ -9,12 +9,16 @@
 #   STAGES="engine host" bash recipes/runner_check.sh
 #   STAGES="tests skinny" bash recipes/runner_check.sh   # the skinny GEMM: per-shape table, engine step on vs off
 #   STAGES="tests pdl" bash recipes/runner_check.sh      # programmatic dependent launch on vs off (engine step)
+#   STAGES="markov" bash recipes/runner_check.sh         # the drafter's fused Markov slot loop on vs off
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
 # The skinny stage writes skinny.log (scripts/bench_skinny.py) and engine_skinny{1,0}.log (bench_engine with
 # DSPARK_SKINNY_GEMM=1 / 0: decode and verify-8 at batch 1 and 8 on both shapes, the fused drafter at batch 1).
 # The pdl stage writes engine_pdl{1,0}.log (bench_engine with DSPARK_PDL=1 / 0, PDL_MODELS (qwen3-4b)).
+# The markov stage writes markov_tests.log (the -m gpu tests of the fused loop, the padded planner) and
+# engine_markov{1,0}.log (bench_engine with DSPARK_FUSED_MARKOV=1 / 0: 4B decode at batch 1 and 8, the drafter
+# at MARKOV_BATCHES (1,8,32)).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -62,6 +66,21 @@ if stage pdl; then
       --verify 8 --verify-batches 1,32 --drafter-batches 1,32 --drafter-path fused --out "$RES/engine_pdl$flag" \
       > "$RES/engine_pdl$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_pdl$flag.log"
     grep -v '^{' "$RES/engine_pdl$flag.log" | tail -24
+  done
+fi
+if stage markov; then
+  stamp "gpu tests of the fused Markov loop and the padded planner"
+  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf -s -p no:cacheprovider tests/test_markov_sampling.py \
+    tests/test_engine_gpu.py::test_table_driven_planner_prices_steps_at_the_graph_ladder \
+    tests/test_drafter_fused.py::test_gpu_fused_bf16_matches_plain_and_captures > "$RES/markov_tests.log" 2>&1 \
+    || echo "markov tests: rc=$?" >> "$RES/markov_tests.log"
+  grep -E "passed|failed|error|kernels" "$RES/markov_tests.log" | tail -8
+  for flag in 1 0; do
+    stamp "bench_engine with DSPARK_FUSED_MARKOV=$flag"
+    DSPARK_FUSED_MARKOV=$flag $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1,8 \
+      --verify 8 --verify-batches 1 --drafter-batches "${MARKOV_BATCHES:-1,8,32}" --drafter-path fused --no-diagnostics \
+      --out "$RES/engine_markov$flag" > "$RES/engine_markov$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_markov$flag.log"
+    grep -v '^{' "$RES/engine_markov$flag.log" | tail -16
   done
 fi
 if stage host; then

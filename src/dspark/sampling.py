@@ -11,7 +11,7 @@ generic rejection rule degenerates to exact greedy verification.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -161,6 +161,17 @@ class Sampler(Protocol):
 
     def stack(self, probs: list[torch.Tensor]) -> torch.Tensor:
         """The slots' [R, V] distributions -> [R, γ, V] (where the caller wants them: a graph's shared buffer)."""
+        ...
+
+
+@runtime_checkable
+class MarkovSampler(Sampler, Protocol):
+    """A sampler that can also run a low-rank Markov head's whole γ-slot loop itself (fused kernels)."""
+
+    def markov_slots(self, base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """base [R, γ, V] logits, anchor ids [R], the head's W1 / W2 [V, r] -> (ids [R, γ], probs [R, γ, V]):
+        slot k's logits are ``base[:, k] + W2 W1[token k-1]``; None where it cannot (the caller loops)."""
         ...
 
 

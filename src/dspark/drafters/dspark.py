@@ -30,7 +30,7 @@ from dspark.drafters.config import DrafterConfig
 from dspark.drafters.heads import HEADS, ConfidenceHead, MarkovHead
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import DecoderLayer, RMSNorm, Rotary
-from dspark.sampling import Sampler, SamplingParams, as_sampler
+from dspark.sampling import MarkovSampler, Sampler, SamplingParams, as_sampler
 
 if TYPE_CHECKING:
     from dspark.drafters.fused import FusedWeights
@@ -219,6 +219,11 @@ class DSparkDrafter(nn.Module):
     def _sample_sequential(self, base: torch.Tensor, hidden: torch.Tensor, anchor_ids: torch.Tensor,
                            sampler: Sampler) -> Proposal:
         """Left to right: bias from the previously sampled token, record the exact distribution."""
+        if type(self.markov_head) is MarkovHead and isinstance(sampler, MarkovSampler):  # fused where it can
+            head = self.markov_head
+            fused = sampler.markov_slots(base, anchor_ids, head.markov_w1.weight, head.markov_w2.weight)
+            if fused is not None:
+                return Proposal(fused[0], fused[1], self._confidence(hidden, anchor_ids, fused[0]))
         prev, head_state = anchor_ids, None
         if self.markov_head is not None:
             head_state = self.markov_head.initial_state(anchor_ids.shape[0], hidden)
@@ -233,8 +238,12 @@ class DSparkDrafter(nn.Module):
             ids.append(prev)
             probs.append(p)
         draft_ids = torch.stack(ids, dim=1)  # [R, γ]
-        confidence = None
-        if self.confidence_head is not None:  # c_k depends on x_{k-1} only: one batched call after sampling
-            prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)
-            confidence = calibrated_confidence(self.confidence_logits(hidden, prev_ids), self.calibration_temperatures)
-        return Proposal(draft_ids, sampler.stack(probs), confidence)
+        return Proposal(draft_ids, sampler.stack(probs), self._confidence(hidden, anchor_ids, draft_ids))
+
+    def _confidence(self, hidden: torch.Tensor, anchor_ids: torch.Tensor, draft_ids: torch.Tensor) -> torch.Tensor | None:
+        """Calibrated c_k [R, γ] (None without a confidence head): c_k depends on x_{k-1} only, so one batched
+        call after sampling."""
+        if self.confidence_head is None:
+            return None
+        prev_ids = torch.cat([anchor_ids.unsqueeze(1), draft_ids[:, :-1]], dim=1)
+        return calibrated_confidence(self.confidence_logits(hidden, prev_ids), self.calibration_temperatures)

@@ -6,13 +6,15 @@ scheduler assigned, so the draws of a request never depend on which other reques
 
 On CUDA with Triton installed, the drafter's per-slot work is four fused kernels
 (`dspark.kernels.sampling_triton`): `probs` when no row uses top-k or top-p (the host-side `RowParams`
-summaries say so, and they are part of a captured graph's key), and every `draw`. Elsewhere, and for
+summaries say so, and they are part of a captured graph's key), and every `draw`; a low-rank Markov
+head's whole slot loop is three kernels a slot (`markov_slots`, `dspark.kernels.markov_sampling`). Elsewhere, and for
 top-k / top-p rows, the PyTorch functions run unchanged (CPU results are bit-identical to them).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 
 import torch
@@ -33,6 +35,23 @@ def _triton_sampling() -> ModuleType | None:
 def sampling_kernels(device: torch.device) -> ModuleType | None:
     """`dspark.kernels.sampling_triton` for tensors on `device` when it is CUDA and Triton imports, else None."""
     return _triton_sampling() if device.type == "cuda" else None
+
+
+@functools.cache
+def _triton_markov() -> ModuleType | None:
+    try:
+        from dspark.kernels import markov_sampling
+    except ImportError:  # CPU-only installs without Triton
+        return None
+    return markov_sampling
+
+
+def markov_kernels(device: torch.device) -> ModuleType | None:
+    """`dspark.kernels.markov_sampling` for tensors on `device` when it is CUDA and Triton imports (and
+    ``DSPARK_FUSED_MARKOV`` is not 0), else None."""
+    if device.type != "cuda" or os.environ.get("DSPARK_FUSED_MARKOV", "1") == "0":
+        return None
+    return _triton_markov()
 
 
 def temperature_only(params: RowParams) -> bool:
@@ -84,6 +103,19 @@ class RowSampler:
             u = counter_uniforms(self.seeds, self.counters, num)
         self._advanced += num
         return u
+
+    def markov_slots(self, base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The Markov head's γ slots in three fused kernels each (`dspark.kernels.markov_sampling`): the same
+        uniforms, in the same order, as γ `probs` + `draw` calls; probs into `out`. None (the caller loops)
+        off CUDA, without Triton, or when a row may use top-k / top-p."""
+        kernels = markov_kernels(base.device)
+        if kernels is None or not temperature_only(self.params):
+            return None
+        rows, gamma = base.shape[0], base.shape[1]
+        out = None if self.out is None else self.out[:rows]
+        return kernels.markov_draft(base, anchor_ids, w1, w2, self.params.temperature, self.params.any_greedy,
+                                    self.uniforms(gamma), out)
 
     def draw(self, probs: torch.Tensor) -> torch.Tensor:
         """probs [R, ..., V] -> ids [R, ...] (one-hot rows of greedy requests give their argmax)."""

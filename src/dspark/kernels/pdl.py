@@ -40,7 +40,8 @@ def wait_inputs(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-def _interpreted() -> bool:
+def interpreted() -> bool:
+    """Whether Triton kernels run under its CPU interpreter (``TRITON_INTERPRET`` set)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -56,6 +57,6 @@ def max_rows() -> int:
 
 def use_pdl(device: torch.device, rows: int) -> bool:
     """Whether a kernel over `rows` rows (tokens) on `device` is launched with programmatic dependent launch."""
-    if device.type != "cuda" or rows > max_rows() or _interpreted() or os.environ.get("DSPARK_PDL", "1") == "0":
+    if device.type != "cuda" or rows > max_rows() or interpreted() or os.environ.get("DSPARK_PDL", "1") == "0":
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())

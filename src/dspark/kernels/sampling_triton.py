@@ -85,10 +85,12 @@ def _probs_partials_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, V, NB, str
 
 
 @triton.jit
-def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, V, NB, stride_l, stride_o,
+def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, mass_ptr, V, NB, stride_l, stride_o,
                         rows_per_param, ANY_GREEDY: tl.constexpr, BLOCK: tl.constexpr, NB_PAD: tl.constexpr,
-                        USE_PDL: tl.constexpr):
-    """Block (row, b): the row's max / sum (or argmax) from its NB partials, then this block's probs."""
+                        MASS: tl.constexpr, USE_PDL: tl.constexpr):
+    """Block (row, b): the row's max / sum (or argmax) from its NB partials, then this block's probs (in place
+    when `out_ptr` is `logits_ptr`: each block reads its logits before it writes). MASS: also the float64
+    sum of the probs it wrote into ``mass[row, b]`` (what `_block_mass_kernel` computes from them)."""
     wait_inputs(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
@@ -105,14 +107,17 @@ def _probs_write_kernel(logits_ptr, temp_ptr, m_ptr, s_ptr, i_ptr, out_ptr, V, N
         greedy = t == 0.0
     if greedy:  # blocks in order, each with its first maximum: the first block that wins holds the first
         _, hot = _first_max(pm, tl.load(i_ptr + parts, mask=nb_valid, other=V), nb_valid, V)
-        tl.store(out, tl.where(idx == hot, 1.0, 0.0), mask=valid)
+        p = tl.where(idx == hot, 1.0, 0.0)
     else:
         ps = tl.load(s_ptr + parts, mask=nb_valid, other=0.0)
         m = tl.max(pm, 0)  # -inf only for a row of -inf, whose probs are NaN as in torch.softmax
         s = tl.sum(tl.where(nb_valid, ps * tl.exp(pm - m), 0.0), 0)
         x = tl.load(logits_ptr + row * stride_l + idx, mask=valid, other=float("-inf")).to(tl.float32)
         x = tl.math.div_rn(x, tl.where(t == 0.0, 1.0, t))
-        tl.store(out, tl.math.div_rn(tl.exp(x - m), s), mask=valid)
+        p = tl.math.div_rn(tl.exp(x - m), s)
+    tl.store(out, p, mask=valid)
+    if MASS:
+        tl.store(mass_ptr + row * NB + blk, tl.sum(tl.where(valid, p, 0.0).to(tl.float64), 0))
 
 
 # --------------------------------------------------------------------------------------- inverse CDF
@@ -127,7 +132,7 @@ def _block_mass_kernel(probs_ptr, mass_ptr, V, NB, stride_p, BLOCK: tl.constexpr
 
 
 @triton.jit
-def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, stride_u,
+def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, stride_u, stride_out,
                         BLOCK: tl.constexpr, NB_PAD: tl.constexpr, USE_PDL: tl.constexpr):
     """One row: locate the block from the prefix over its block masses, then scan inside it only.
 
@@ -160,7 +165,7 @@ def _inverse_cdf_kernel(probs_ptr, mass_ptr, u_ptr, out_ptr, V, NB, stride_p, st
     last = tl.max(tl.where(p > 0, idx, -1), 0)
     drawn = tl.where(first < V, first, last)
     drawn = tl.where(in_range & (drawn >= 0), drawn, V - 1)  # target >= total: clamp like `sample_from`
-    tl.store(out_ptr + row, drawn.to(tl.int64))
+    tl.store(out_ptr + row * stride_out, drawn.to(tl.int64))
 
 
 # ------------------------------------------------------------------------------------------ wrappers
@@ -210,8 +215,8 @@ def processed_probs(logits: torch.Tensor, temperature: torch.Tensor, any_greedy:
     _probs_partials_kernel[(rows, nb)](flat, temp, m, s, i, vocab, nb, flat.stride(0), per,
                                        ANY_GREEDY=any_greedy, BLOCK=bs, USE_PDL=pdl, num_warps=_warps(bs),
                                        launch_pdl=pdl)
-    _probs_write_kernel[(rows, nb)](flat, temp, m, s, i, out, vocab, nb, flat.stride(0), out.stride(0), per,
-                                    ANY_GREEDY=any_greedy, BLOCK=bs, NB_PAD=triton.next_power_of_2(nb),
+    _probs_write_kernel[(rows, nb)](flat, temp, m, s, i, out, m, vocab, nb, flat.stride(0), out.stride(0), per,
+                                    ANY_GREEDY=any_greedy, BLOCK=bs, NB_PAD=triton.next_power_of_2(nb), MASS=False,
                                     USE_PDL=pdl, num_warps=_warps(bs), launch_pdl=pdl)
     return out
 
@@ -235,7 +240,7 @@ def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int | None =
     pdl = use_pdl(probs.device, rows)
     _block_mass_kernel[(rows, nb)](flat, mass, vocab, nb, flat.stride(0), BLOCK=bs, USE_PDL=pdl,
                                    num_warps=_warps(bs), launch_pdl=pdl)
-    _inverse_cdf_kernel[(rows,)](flat, mass, u, out, vocab, nb, flat.stride(0), u.stride(0), BLOCK=bs,
+    _inverse_cdf_kernel[(rows,)](flat, mass, u, out, vocab, nb, flat.stride(0), u.stride(0), 1, BLOCK=bs,
                                  NB_PAD=triton.next_power_of_2(nb), USE_PDL=pdl, num_warps=_warps(bs),
                                  launch_pdl=pdl)
     return out.reshape(probs.shape[:-1])
