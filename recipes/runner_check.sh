@@ -10,6 +10,7 @@
 #   STAGES="tests skinny" bash recipes/runner_check.sh   # the skinny GEMM: per-shape table, engine step on vs off
 #   STAGES="tests pdl" bash recipes/runner_check.sh      # programmatic dependent launch on vs off (engine step)
 #   STAGES="markov" bash recipes/runner_check.sh         # the drafter's fused Markov slot loop on vs off
+#   STAGES="markovcfg" bash recipes/runner_check.sh      # its launch configs (bench_markov), the fastest in the drafter
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
@@ -18,7 +19,9 @@
 # The pdl stage writes engine_pdl{1,0}.log (bench_engine with DSPARK_PDL=1 / 0, PDL_MODELS (qwen3-4b)).
 # The markov stage writes markov_tests.log (the -m gpu tests of the fused loop, the padded planner) and
 # engine_markov{1,0}.log (bench_engine with DSPARK_FUSED_MARKOV=1 / 0: 4B decode at batch 1 and 8, the drafter
-# at MARKOV_BATCHES (1,8,32)).
+# at MARKOV_BATCHES (1,8,32)). The markovcfg stage writes bench_markov.log (scripts/bench_markov.py: every launch
+# config of the fused loop and the PyTorch loop, graph-timed) and engine_markovcfg.log (bench_engine's drafter
+# with the fastest config, DSPARK_MARKOV_CONFIG).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -82,6 +85,21 @@ if stage markov; then
       --out "$RES/engine_markov$flag" > "$RES/engine_markov$flag.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_markov$flag.log"
     grep -v '^{' "$RES/engine_markov$flag.log" | tail -16
   done
+fi
+if stage markovcfg; then
+  stamp "bench_markov: the fused loop's launch configs against the PyTorch loop"
+  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf -p no:cacheprovider tests/test_markov_sampling.py \
+    > "$RES/markov_tests.log" 2>&1 || echo "markov tests: rc=$?" >> "$RES/markov_tests.log"
+  tail -2 "$RES/markov_tests.log"
+  $PY scripts/bench_markov.py --rows 1,8 --best-out "$RES/markov_best.txt" > "$RES/bench_markov.log" 2>&1 \
+    || echo "bench_markov: rc=$?" >> "$RES/bench_markov.log"
+  grep -v '^{' "$RES/bench_markov.log" | tail -26
+  best=$(cat "$RES/markov_best.txt" 2>/dev/null || true)
+  stamp "bench_engine's drafter with DSPARK_MARKOV_CONFIG=${best:-default}"
+  DSPARK_MARKOV_CONFIG=$best $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1,8 \
+    --verify 8 --verify-batches 1 --drafter-batches 1,8 --drafter-path fused --no-diagnostics \
+    --out "$RES/engine_markovcfg" > "$RES/engine_markovcfg.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_markovcfg.log"
+  grep -v '^{' "$RES/engine_markovcfg.log" | tail -12
 fi
 if stage host; then
   stamp "bench_host on the GPU: step wall time and host phases per policy"

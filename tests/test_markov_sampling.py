@@ -44,11 +44,12 @@ def inputs(rows: int, gamma: int, vocab: int, rank: int, dtype: torch.dtype, dev
     return base, anchor, w1, w2, uniforms
 
 
-def check_against_loop(base, anchor, w1, w2, temps, uniforms, block=markov_sampling.BLOCK):
+def check_against_loop(base, anchor, w1, w2, temps, uniforms, block=None, config=None):
     """Slot by slot, teacher-forced on the kernel's own previous ids: logits/probs == the PyTorch path's,
     and each draw == `sample_from` on the kernel's probs with that slot's uniform."""
     params = RowParams.from_list([SamplingParams(t) for t in temps], base.device)
-    ids, probs = markov_draft(base, anchor, w1, w2, params.temperature, params.any_greedy, uniforms, block=block)
+    ids, probs = markov_draft(base, anchor, w1, w2, params.temperature, params.any_greedy, uniforms, block=block,
+                              config=config)
     prev = anchor
     greedy = params.temperature == 0
     for k in range(base.shape[1]):
@@ -71,6 +72,21 @@ def test_slots_match_the_pytorch_loop(dtype, rows, vocab, rank, block):
     base, anchor, w1, w2, u = inputs(rows, 4, vocab, rank, dtype, seed=rows)
     temps = ([0.7, 1.0, 0.0, 1.6] * 5)[:rows]
     check_against_loop(base, anchor, w1, w2, temps, u, block=block)
+
+
+@pytest.mark.parametrize("config", ["128,16,4,1", "256,32,8,3", "64,64,4,2"])
+def test_every_launch_config_keeps_the_semantics(config, monkeypatch):
+    base, anchor, w1, w2, u = inputs(5, 3, 500, 32, torch.bfloat16, seed=8)
+    monkeypatch.setenv("DSPARK_MARKOV_CONFIG", config)
+    assert str(markov_sampling.default_config()) == config
+    check_against_loop(base, anchor, w1, w2, [1.0, 0.0, 0.5, 1.3, 0.0], u)
+
+
+def test_launch_config_parsing():
+    assert markov_sampling.Config.parse("512,64,8,3") == markov_sampling.Config(512, 64, 8, 3)
+    for bad in ("256,64,4", "256,48,4,2", "32,64,4,2", "a,b,c,d", "256,8,4,2"):
+        with pytest.raises(ValueError, match="markov config"):
+            markov_sampling.Config.parse(bad)
 
 
 def test_greedy_rows_follow_the_argmax_chain_exactly():

@@ -7,8 +7,9 @@ turns them into the slot's exact draft distribution (`RowSampler.probs`) and dra
 launches per slot, seventy a block, each paying a kernel boundary in a batch-1 decode step. Here a slot is
 
 * **logits** (`_markov_logits_kernel`, grid ``(NB, ceil(R / 16))``): each program streams a
-  ``[BLOCK, r]`` slab of W2 (its first ``[SUB, r]`` tile before the programmatic-dependent-launch wait:
-  the weights are never written by a kernel), gathers W1 rows of its rows' previous tokens, multiplies
+  ``[BLOCK, r]`` slab of W2 in ``[SUB, r]`` tiles, the next one loading while the current one's softmax
+  runs (the first before the programmatic-dependent-launch wait: the weights are never written by a
+  kernel), gathers W1 rows of its rows' previous tokens, multiplies
   (`tl.dot`, float32 sums; the bias rounded to W2's dtype, the sum with the base logits to the dtype
   torch's ``base + bias`` has, so the logits equal the PyTorch path's up to the GEMV's summation order),
   writes the logits into the slot's row of the output buffer and the block's softmax partials (max of
@@ -26,6 +27,9 @@ CPU it runs only under Triton's interpreter (tests).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -33,9 +37,39 @@ import triton.language as tl
 from dspark.kernels.pdl import interpreted, use_pdl, wait_inputs
 from dspark.kernels.sampling_triton import _inverse_cdf_kernel, _probs_write_kernel, _warps
 
-BLOCK = 256  # vocabulary entries per program (V = 151,936: 594 programs per slot, ~4.5 per H200 SM)
-SUB = 64  # W2 rows per tl.dot inside a program
 BLOCK_R = 16  # rows per program (tl.dot's smallest M)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch configuration: vocabulary entries per program (also the probs / draw kernels' block), W2 rows
+    per `tl.dot`, and the logits kernel's warps and pipeline stages."""
+
+    block: int = 256  # V = 151,936: 594 programs per slot, ~4.5 per H200 SM
+    sub: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        """"BLOCK,SUB,WARPS,STAGES" (the form `DSPARK_MARKOV_CONFIG` and `scripts/bench_markov.py` use)."""
+        try:
+            block, sub, warps, stages = (int(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"markov config {text!r}: expected BLOCK,SUB,WARPS,STAGES (four integers)") from None
+        cfg = cls(block, sub, warps, stages)
+        if sub < 16 or sub & (sub - 1) or block < sub or block % sub or block & (block - 1) or warps < 1 or stages < 1:
+            raise ValueError(f"markov config {text!r}: BLOCK and SUB powers of two, SUB >= 16 dividing BLOCK")
+        return cfg
+
+    def __str__(self) -> str:
+        return f"{self.block},{self.sub},{self.num_warps},{self.num_stages}"
+
+
+def default_config() -> Config:
+    """`Config()`, or ``DSPARK_MARKOV_CONFIG`` when set."""
+    text = os.environ.get("DSPARK_MARKOV_CONFIG")
+    return Config.parse(text) if text else Config()
 ROUND = {torch.bfloat16: 1, torch.float16: 2}  # 16-bit results are rounded as torch rounds them
 
 
@@ -96,12 +130,11 @@ def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr,
     s = tl.zeros((BLOCK_R,), dtype=tl.float32)
     top = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     first = tl.full((BLOCK_R,), V, tl.int32)
-    for j in tl.static_range(BLOCK // SUB):
-        cols = blk * BLOCK + j * SUB + tl.arange(0, SUB)
-        if j > 0:
-            w = tl.load(w2_ptr + cols[:, None].to(tl.int64) * stride_w2 + rk[None, :],
-                        mask=(cols < V)[:, None] & k_ok[None, :], other=0.0)
+    for j in range(BLOCK // SUB):
         x = _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, V, BIAS_ROUND, SUM_ROUND, IEEE)
+        nxt = cols + SUB  # the next tile streams in while this one's softmax runs (none after the block's last)
+        w = tl.load(w2_ptr + nxt[:, None].to(tl.int64) * stride_w2 + rk[None, :],
+                    mask=((nxt < V) & (j + 1 < BLOCK // SUB))[:, None] & k_ok[None, :], other=0.0)
         # greedy: the tile's first maximum (NaN above everything), kept when it beats the running one
         valid = (cols < V)[None, :]
         nan = valid & (x != x)
@@ -119,6 +152,7 @@ def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr,
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(xs - m_ref[:, None]), 1)
         m = m_new
+        cols = nxt
     part = rows * NB + blk
     tl.store(m_ptr + part, tl.where(greedy, top, m), mask=r_ok)
     tl.store(s_ptr + part, s, mask=r_ok)
@@ -146,17 +180,22 @@ def _check(base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor, w2: t
 
 def markov_draft(base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                  temperature: torch.Tensor, any_greedy: bool, uniforms: torch.Tensor, out: torch.Tensor | None = None,
-                 block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+                 block: int | None = None, config: Config | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The Markov head's γ sequential slots, sampled.
 
     base [R, γ, V]: the slots' LM-head logits; anchor_ids [R]: the token before slot 0; w1, w2 [V, rank]: the
     head's embedding and projection weights; temperature [R] (0 = greedy when `any_greedy`); uniforms [R, γ]
     in [0, 1): slot k of row r draws with ``uniforms[r, k]``. Returns (ids [R, γ] int64, probs [R, γ, V]
-    float32: the exact distribution every slot was drawn from, written into `out` when given).
+    float32: the exact distribution every slot was drawn from, written into `out` when given). `config`: the
+    launch (default `default_config()`); `block` overrides its block (tests: several blocks at a small V).
     """
     _check(base, anchor_ids, w1, w2, temperature, uniforms, out)
-    if block < SUB or block % SUB or block & (block - 1):
-        raise ValueError(f"markov_draft: block must be a power of two and a multiple of {SUB}, got {block}")
+    cfg = config or default_config()
+    if block is not None:
+        if block < 16 or block & (block - 1):
+            raise ValueError(f"markov_draft: block must be a power of two >= 16, got {block}")
+        cfg = Config(block, min(cfg.sub, block), cfg.num_warps, cfg.num_stages)
+    block = cfg.block
     r, g, v = base.shape
     probs = torch.empty(r, g, v, dtype=torch.float32, device=base.device) if out is None else out
     ids = torch.empty(r, g, dtype=torch.long, device=base.device)
@@ -179,8 +218,8 @@ def markov_draft(base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor,
         _markov_logits_kernel[(nb, triton.cdiv(r, BLOCK_R))](
             base[:, k], prev, w1, w2, temp, logits, m, s, i, r, v, nb, rank, base.stride(0), probs.stride(0),
             stride_prev, w1.stride(0), w2.stride(0), ANY_GREEDY=any_greedy, BIAS_ROUND=bias_round,
-            SUM_ROUND=sum_round, IEEE=ieee, RANK_PAD=max(16, triton.next_power_of_2(rank)), BLOCK=block, SUB=SUB,
-            BLOCK_R=BLOCK_R, USE_PDL=pdl, num_warps=4, launch_pdl=pdl)
+            SUM_ROUND=sum_round, IEEE=ieee, RANK_PAD=max(16, triton.next_power_of_2(rank)), BLOCK=block, SUB=cfg.sub,
+            BLOCK_R=BLOCK_R, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl)
         _probs_write_kernel[(r, nb)](logits, temp, m, s, i, logits, mass, v, nb, probs.stride(0), probs.stride(0), 1,
                                      ANY_GREEDY=any_greedy, BLOCK=block, NB_PAD=triton.next_power_of_2(nb), MASS=True,
                                      USE_PDL=pdl, num_warps=warps, launch_pdl=pdl)
