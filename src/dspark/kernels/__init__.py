@@ -1,5 +1,7 @@
 """Triton kernels for the fast GPU runner: KV stores, paged attention over the engine's block tables, and the
-drafter's block attention (paged context plus the block's own K/V).
+drafter's block attention (paged context plus the block's own K/V). Imported on demand by their callers:
+the few-row GEMM (`skinny_gemm`), the fused sampling kernels (`sampling_triton`) and the Markov head's
+slot loop (`markov_sampling`).
 
 Triton is optional (the ``[gpu]`` extra): without it this package imports, ``HAS_TRITON`` is False and
 the names below are absent, so callers fall back to the plain PyTorch path
