@@ -109,6 +109,11 @@ def test_graph_keys_pad_tokens_and_sequences():
     assert (key.num_tokens, key.num_seqs, key.max_query_len, key.logits_rows) == (16, 2, 16, 1)
     key = graphed.graph_key(30, 3, 20, 10, 3, None, num_logits=9)  # a chunk beside two verify blocks
     assert (key.num_tokens, key.max_query_len, key.num_logits) == (32, 32, 16)
+    assert key.short_query_len == 8  # its verify rows keep the promise: attended apart from the chunk
+    assert graphed.graph_key(24, 3, 8, 10, 3, None).short_query_len == 0  # no chunk: one kind of sequence
+    assert graphed.static_buffers().batch(key).short_query_len == 8
+    graphed.split_mixed = False  # DSPARK_SPLIT_MIXED=0
+    assert graphed.graph_key(30, 3, 20, 10, 3, None, num_logits=9).short_query_len == 0
     assert graphed.graph_key(4, 4, 1, 64, 3, None) is None  # past max_model_len
     assert graphed.graph_key(4, 4, 1, 10, 99, None) is None  # wider block table than the buffers
 

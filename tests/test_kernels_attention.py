@@ -93,7 +93,7 @@ def other_references():
 
 
 def check_case(q_lens, contexts, page_size, kv_heads, group, head_dim, dtype, device, num_splits=None,
-               pad_seqs=0, pad_tokens=0, seed=0):
+               pad_seqs=0, pad_tokens=0, seed=0, short_query_len=None):
     batch, cache, k_new, v_new = make_batch(q_lens, contexts, page_size, kv_heads, head_dim, dtype, device,
                                             pad_seqs, pad_tokens, seed)
     store_kv(k_new, v_new, cache.k[0], cache.v[0], batch.slot_mapping)
@@ -103,7 +103,7 @@ def check_case(q_lens, contexts, page_size, kv_heads, group, head_dim, dtype, de
     scale = head_dim ** -0.5
     real = sum(q_lens)  # graph filler tokens/sequences come after the real ones; their output is unspecified
     out = paged_attention(q, cache.k[0], cache.v[0], batch, scale, max_query_len=max(q_lens),
-                          max_context_len=max(contexts), num_splits=num_splits)
+                          max_context_len=max(contexts), short_query_len=short_query_len, num_splits=num_splits)
     assert out.shape == q.shape and out.dtype == dtype
     ref = reference_attention(q, cache.k[0], cache.v[0], batch, scale)
     torch.testing.assert_close(out[:real].float(), ref[:real], atol=TOL[dtype], rtol=TOL[dtype])
@@ -131,6 +131,28 @@ def test_heuristic_splits_head_dim_8_and_graph_padding():
     """Default split plan, a head dim below tl.dot's 16 (padded), filler sequences and tokens."""
     check_case([1, 4, 8, 17], [2, 19, 0, 45], 4, kv_heads=1, group=4, head_dim=8, dtype=torch.float32, device="cpu",
                pad_seqs=2, pad_tokens=3)
+
+
+CHUNKED = ([1, 1, 8, 3, 40, 1, 23], [300, 0, 37, 129, 0, 64, 5])  # decode / verify rows beside prefill chunks
+
+
+@pytest.mark.parametrize("dtype,group,page_size", [(torch.float32, 4, 16), (torch.float32, 1, 4), (torch.bfloat16, 4, 16)])
+def test_mixed_step_attends_short_rows_and_chunks_apart(dtype, group, page_size):
+    """`short_query_len`: decode / verify rows (<= 8 tokens) in one launch, chunks in another, one output =
+    the reference (graph filler included), and the same numbers as one launch for everything."""
+    split, batch, cache, q = check_case(*CHUNKED, page_size, kv_heads=2, group=group, head_dim=16, dtype=dtype,
+                                        device="cpu", pad_seqs=1, pad_tokens=2, short_query_len=8)
+    whole = paged_attention(q, cache.k[0], cache.v[0], batch, 0.25, max_query_len=40, max_context_len=300)
+    real = sum(CHUNKED[0])
+    torch.testing.assert_close(split[:real].float(), whole[:real].float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def test_mixed_step_with_only_one_kind_of_sequence():
+    """Every sequence short, or every one long: one of the two launches has nothing to do."""
+    check_case([1, 4, 8], [3, 50, 9], 16, kv_heads=2, group=2, head_dim=16, dtype=torch.float32, device="cpu",
+               short_query_len=8)
+    check_case([12, 30], [3, 50], 16, kv_heads=2, group=2, head_dim=16, dtype=torch.float32, device="cpu",
+               short_query_len=8)
 
 
 def test_decode_and_extend_entry_points_agree():
@@ -188,6 +210,18 @@ def test_gpu_qwen3_8b_shapes(lens):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     check_case(*lens, 16, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, device="cuda", pad_seqs=1)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_step_at_qwen3_8b_shapes():
+    """254 decode rows beside one 192-token chunk (the C = 256 frontier's steps), split launches == reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    lens = ([1] * 254 + [192], [320] * 254 + [0])
+    check_case(*lens, 16, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16, device="cuda", pad_seqs=1,
+               short_query_len=8)
+    check_case([512, 1, 8, 300], [1024, 4095, 2000, 0], 16, kv_heads=8, group=4, head_dim=128, dtype=torch.bfloat16,
+               device="cuda", pad_seqs=1, short_query_len=8)
 
 
 @pytest.mark.gpu

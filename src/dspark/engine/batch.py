@@ -29,6 +29,9 @@ class FlatBatch:
     logits_indices: torch.Tensor  # [M] long, flat tokens whose next-token logits are needed
     max_query_len: int | None = None  # host upper bound of query_lens().max() (None: read it off the device)
     max_context_len: int | None = None  # host upper bound of context_lens.max()
+    # a mixed step (prefill chunks beside decode / verify rows): the decode rows' host bound on their query
+    # length, below max_query_len (attention sizes its tiles for each kind); None: one kind of sequence
+    short_query_len: int | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -48,7 +51,8 @@ class FlatBatch:
     def to(self, device: torch.device | str) -> "FlatBatch":
         return FlatBatch(*(t.to(device) for t in (self.input_ids, self.positions, self.slot_mapping, self.query_start,
                                                    self.context_lens, self.block_tables, self.logits_indices)),
-                         max_query_len=self.max_query_len, max_context_len=self.max_context_len)
+                         max_query_len=self.max_query_len, max_context_len=self.max_context_len,
+                         short_query_len=self.short_query_len)
 
     def host_bounds(self) -> tuple[int, int]:
         """(max query length, max context length): the host fields when set, else read off the device (syncs)."""

@@ -26,6 +26,7 @@ eagerly, unpadded, exactly as `DenseTarget`.
 from __future__ import annotations
 
 import bisect
+import os
 import dataclasses
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ class GraphKey:
     max_context_len: int  # promised bound of every context_lens[b]
     layer_ids: tuple[int, ...] | None
     num_logits: int = 0  # padded logits rows (0: num_tokens)
+    short_query_len: int = 0  # a chunk graph: the decode / verify rows' promise, attended apart (0: none)
 
     @property
     def logits_rows(self) -> int:
@@ -101,7 +103,8 @@ class _StaticBuffers:
         n, s = key.num_tokens, key.num_seqs
         return FlatBatch(self.input_ids[:n], self.positions[:n], self.slot_mapping[:n], self.query_start[: s + 1],
                          self.context_lens[:s], self.block_tables[:s], self.logits_indices[: key.logits_rows],
-                         max_query_len=key.max_query_len, max_context_len=key.max_context_len)
+                         max_query_len=key.max_query_len, max_context_len=key.max_context_len,
+                         short_query_len=key.short_query_len or None)
 
     def fill(self, key: GraphKey, src: FlatBatch) -> None:
         """Copy a step's tensors in and pad (see the module docstring); device-to-device only."""
@@ -158,6 +161,8 @@ class GraphedDenseTarget:
         # graphs need the fused path (Triton attention sized by host bounds: no sync inside the capture)
         self.use_graphs = self.device.type == "cuda" and not enforce_eager and model.uses_fused_path()
         self.replay_eagerly = False  # tests: pad into the static buffers but run the model instead of a graph
+        # mixed steps attend decode rows and prefill chunks in two launches (DSPARK_SPLIT_MIXED=0: one)
+        self.split_mixed = os.environ.get("DSPARK_SPLIT_MIXED", "1") != "0"
         self.graphs: dict[GraphKey, _Captured] = {}
         self._splits: dict[tuple[int, int], bool] = {}  # (seqs, query len) -> does the attention plan split
         self._static: _StaticBuffers | None = None
@@ -203,7 +208,12 @@ class GraphedDenseTarget:
         s_pad = self.sizes[i]
         bound = self.context_bound(s_pad, q_bound, max_context_len)
         ids = None if layer_ids is None else tuple(int(x) for x in layer_ids)
-        return GraphKey(n_pad, s_pad, q_bound, bound, ids, 0 if m_pad == n_pad else m_pad)
+        return GraphKey(n_pad, s_pad, q_bound, bound, ids, 0 if m_pad == n_pad else m_pad, self.short_for(q_bound))
+
+    def short_for(self, max_query_len: int) -> int:
+        """A step whose queries run past the verify promise (prefill chunks): that promise, to which its decode /
+        verify rows keep and which attention sizes their tiles by (0: not a mixed step, or ``DSPARK_SPLIT_MIXED=0``)."""
+        return self.max_query_len if self.split_mixed and self.max_query_len < max_query_len else 0
 
     def context_bound(self, num_seqs: int, max_query_len: int, max_context_len: int) -> int:
         full = self.max_model_len - max_query_len
@@ -236,7 +246,8 @@ class GraphedDenseTarget:
                              int(batch.logits_indices.shape[0]))
         if key is None:
             self.num_eager_steps += 1
-            out = self.model(dataclasses.replace(batch, max_query_len=max_q, max_context_len=max_ctx), self.kv, layer_ids)
+            out = self.model(dataclasses.replace(batch, max_query_len=max_q, max_context_len=max_ctx,
+                                                 short_query_len=self.short_for(max_q) or None), self.kv, layer_ids)
             return TargetOutput(out.logits, out.features, out.last_hidden)
         entry = self.graphs.get(key) or self.capture(key)
         self._static.fill(key, batch)

@@ -21,8 +21,9 @@ else:
     HAS_TRITON = True
     from dspark.kernels.block_attention import block_attention
     from dspark.kernels.paged_attention import (AttentionPlan, paged_attention, paged_attention_with_plan,
-                                                paged_decode_attention, paged_extend_attention, plan_attention)
+                                                paged_decode_attention, paged_extend_attention, paged_mixed_attention,
+                                                plan_attention)
     from dspark.kernels.store_kv import store_kv
 
 __all__ = ["HAS_TRITON", "AttentionPlan", "block_attention", "paged_attention", "paged_attention_with_plan",
-           "paged_decode_attention", "paged_extend_attention", "plan_attention", "store_kv"]
+           "paged_decode_attention", "paged_extend_attention", "paged_mixed_attention", "plan_attention", "store_kv"]

@@ -37,11 +37,12 @@ def _paged_attn_kernel(
     stride_on, stride_oh, stride_os,
     stride_ln, stride_lh,
     stride_bt,
-    num_q_tiles, split_len,
+    num_q_tiles, split_len, q_len_above, q_len_upto,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    """Sequences whose query length lies in (q_len_above, q_len_upto] only (a mixed step's two launches)."""
     wait_inputs(USE_PDL)
     pid = tl.program_id(0)
     seq = pid // num_q_tiles
@@ -52,7 +53,7 @@ def _paged_attn_kernel(
     q_start = tl.load(query_start_ptr + seq).to(tl.int32)
     q_len = tl.load(query_start_ptr + seq + 1).to(tl.int32) - q_start
     t0 = tile * BLOCK_M
-    if t0 >= q_len:
+    if (t0 >= q_len) | (q_len <= q_len_above) | (q_len > q_len_upto):
         return
     ctx = tl.load(context_lens_ptr + seq).to(tl.int32)
 

@@ -36,6 +36,7 @@ _INTERPRETED = type(_paged_attn_kernel).__name__ == "InterpretedFunction"  # TRI
 # with 7-15; batch 32 (256 programs) fastest unsplit, 20% slower with 3 splits.
 PROGRAMS_PER_SM = 4
 MIN_SPLIT_TOKENS = 128
+MAX_QUERY_LEN = 1 << 30  # no upper limit on a launch's query lengths
 COMBINE_TILE = 8192  # partial-output elements one combine program holds (64 fp32 registers a thread at 4 warps)
 
 
@@ -86,15 +87,20 @@ def plan_attention(num_seqs: int, num_kv_heads: int, group: int, head_dim: int, 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch, scale: float, *,
                     max_query_len: int | None = None, max_context_len: int | None = None,
-                    num_splits: int | None = None) -> torch.Tensor:
+                    short_query_len: int | None = None, num_splits: int | None = None) -> torch.Tensor:
     """Attention of q `[N, H, D]` over the paged cache for every sequence of `batch` -> `[N, H, D]`.
 
     Dispatches to `paged_decode_attention` when ``max_query_len == 1`` and `paged_extend_attention`
-    otherwise. `num_splits` overrides the split-K heuristic (tests, tuning).
+    otherwise. `short_query_len` (a mixed step: decode / verify rows of at most that many tokens beside
+    prefill chunks up to ``max_query_len``): `paged_mixed_attention`, tiles sized for each kind.
+    `num_splits` overrides the split-K heuristic (tests, tuning).
     """
     if max_query_len is None:
         max_query_len = int(batch.query_lens().max()) if batch.num_seqs else 0
     args = (q, k_cache, v_cache, batch.query_start, batch.context_lens, batch.block_tables, scale)
+    if short_query_len is not None and 0 < short_query_len < max_query_len:
+        return paged_mixed_attention(*args, short_query_len=short_query_len, max_query_len=max_query_len,
+                                     max_context_len=max_context_len)
     if max_query_len <= 1:
         return paged_decode_attention(*args, max_context_len=max_context_len, num_splits=num_splits)
     return paged_extend_attention(*args, max_query_len=max_query_len, max_context_len=max_context_len,
@@ -119,29 +125,56 @@ def paged_extend_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                    max_context_len, num_splits)
 
 
+def paged_mixed_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
+                          context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, *, short_query_len: int,
+                          max_query_len: int, max_context_len: int | None = None) -> torch.Tensor:
+    """A step of decode / verify rows (<= `short_query_len` tokens) and prefill chunks (up to `max_query_len`).
+
+    One launch sized for the chunks gives every sequence ``max_query_len / BLOCK_M`` tiles of up to 128 rows,
+    so a decode row (one token) spends a 128-row tile on every cached position. Here two launches write
+    one output: the short sequences with tiles for `short_query_len` tokens (and their split-K combine, which
+    also writes rows of the long ones: the second launch, after it, overwrites those), then the long ones.
+    """
+    if max_context_len is None:
+        max_context_len = int(context_lens.max()) if context_lens.numel() else 0
+    out = _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, short_query_len,
+                  max_context_len, None, q_range=(0, short_query_len))
+    return _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, max_query_len,
+                   max_context_len, None, out=out, q_range=(short_query_len, MAX_QUERY_LEN))
+
+
 def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
             context_lens: torch.Tensor, block_tables: torch.Tensor, scale: float, max_query_len: int,
-            max_context_len: int | None, num_splits: int | None) -> torch.Tensor:
+            max_context_len: int | None, num_splits: int | None, out: torch.Tensor | None = None,
+            q_range: tuple[int, int] = (0, MAX_QUERY_LEN)) -> torch.Tensor:
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, num_seqs = k_cache.shape[2], context_lens.shape[0]
     if num_tokens == 0 or num_seqs == 0:
-        return q.new_empty(q.shape)
+        return q.new_empty(q.shape) if out is None else out
     if max_context_len is None:
         max_context_len = int(context_lens.max())
     plan = plan_attention(num_seqs, num_kv_heads, num_heads // max(num_kv_heads, 1), head_dim, max_query_len,
                           max_context_len + max_query_len, _num_sms(q.device), q.element_size(), num_splits)
-    return paged_attention_with_plan(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, plan)
+    return paged_attention_with_plan(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, plan,
+                                     out=out, q_range=q_range)
 
 
 def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                               query_start: torch.Tensor, context_lens: torch.Tensor, block_tables: torch.Tensor,
-                              scale: float, plan: AttentionPlan) -> torch.Tensor:
-    """The launch itself, with an explicit plan (tuning sweeps); the entry points above choose the plan."""
+                              scale: float, plan: AttentionPlan, out: torch.Tensor | None = None,
+                              q_range: tuple[int, int] = (0, MAX_QUERY_LEN)) -> torch.Tensor:
+    """The launch itself, with an explicit plan (tuning sweeps); the entry points above choose the plan.
+
+    Only sequences whose query length lies in ``(q_range[0], q_range[1]]`` are attended (their rows of
+    `out`, allocated when None, are written; with split-K the combine pass writes every row)."""
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
     _check(q, k_cache, v_cache, num_heads, num_kv_heads, head_dim)
     q = _last_dim_contiguous(q)
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of q's shape {tuple(q.shape)}, got {tuple(out.shape)}")
     num_seqs = context_lens.shape[0]
     group = num_heads // num_kv_heads
     split = plan.num_splits > 1
@@ -156,7 +189,7 @@ def paged_attention_with_plan(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         *o_strides, *l_strides, block_tables.stride(0),
-        plan.num_q_tiles, plan.split_len,
+        plan.num_q_tiles, plan.split_len, q_range[0], q_range[1],
         GROUP=group, HEAD_DIM=head_dim, PAGE_SIZE=page_size,
         BLOCK_M=plan.block_m, BLOCK_G=plan.block_g, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
         SPLIT=split, DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast else "tf32", DOT_UPCAST=upcast,

@@ -107,13 +107,23 @@ class DenseLayer(nn.Module):
 
 
 @functools.lru_cache(maxsize=64)
-def _takes_bounds(fn: Any) -> bool:
-    """Whether an attention function accepts the optional host bounds (older ones take 5 arguments)."""
+def _accepts(fn: Any, name: str) -> bool:
+    """Whether `fn` accepts the keyword argument `name` (or any keyword)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "max_query_len" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _takes_bounds(fn: Any) -> bool:
+    """Whether an attention function accepts the optional host bounds (older ones take 5 arguments)."""
+    return _accepts(fn, "max_query_len")
+
+
+def _takes_short_bound(fn: Any) -> bool:
+    """Whether an attention function accepts a mixed step's `short_query_len`."""
+    return _accepts(fn, "short_query_len")
 
 
 def fused_available(device: torch.device) -> bool:
@@ -214,6 +224,8 @@ class DenseLM(nn.Module):
         if _takes_bounds(attention):
             max_q, max_ctx = batch.host_bounds()
             bounds = dict(max_query_len=max_q, max_context_len=max_ctx)
+            if batch.short_query_len is not None and _takes_short_bound(attention):
+                bounds["short_query_len"] = batch.short_query_len
         n = h.shape[0]
         cos2, sin2 = cos.view(n, -1), sin.view(n, -1)
         saved: dict[int, torch.Tensor] = {-1: h} if -1 in ids else {}

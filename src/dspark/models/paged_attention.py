@@ -3,7 +3,8 @@
 `paged_attention(q, k_cache, v_cache, batch, scale)` is the seam: a Triton/CUDA kernel with the same
 signature (`PagedAttentionFn`) can replace it in `DenseLM` without touching the model. Two optional
 keyword arguments, ``max_query_len`` and ``max_context_len`` (host ints, upper bounds), let a kernel size
-its launch without reading the device (`dspark.kernels.paged_attention` needs them inside CUDA graphs);
+its launch without reading the device (and ``short_query_len``, a mixed step's bound on its decode rows,
+lets it size their tiles apart from the prefill chunks') (`dspark.kernels.paged_attention` needs them inside CUDA graphs);
 a function that does not accept them is called without them. Semantics, per
 sequence ``b`` of the `FlatBatch`: its ``q_len`` query tokens sit at positions
 ``context_lens[b] .. context_lens[b] + q_len - 1``; query ``j`` attends to cached positions
@@ -27,15 +28,15 @@ from dspark.engine.batch import FlatBatch
 
 class PagedAttentionFn(Protocol):
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch,
-                 scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None
-                 ) -> torch.Tensor:
+                 scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None,
+                 short_query_len: int | None = None) -> torch.Tensor:
         """q [N, H, D], k/v_cache [P, page_size, Hkv, D] -> out [N, H, D] (dtype of q)."""
         ...
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: FlatBatch,
-                    scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None
-                    ) -> torch.Tensor:
+                    scale: float, *, max_query_len: int | None = None, max_context_len: int | None = None,
+                    short_query_len: int | None = None) -> torch.Tensor:
     """Prefix-plus-causal attention of every flat query token over its sequence's cached K/V (bounds unused)."""
     num_tokens, heads, head_dim = q.shape
     if num_tokens == 0:
