@@ -16,6 +16,9 @@
 # Each writes to $OUT (RESULTS elsewhere): gpu_tests.log; frontier8b.log, frontier8b.json, frontier8b.png,
 # sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`).
 #
+# The mixed-step attention split (decode rows and prefill chunks in two launches) on vs off, same lease:
+#   STAGES=frontier POLICIES=none,dspark-async CONCURRENCY=64,256 bash recipes/frontier_8b.sh            # split
+#   DSPARK_SPLIT_MIXED=0 STAGES=frontier POLICIES=none,dspark-async CONCURRENCY=64,256 bash recipes/frontier_8b.sh
 # Environment: POLICIES (none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate), CONCURRENCY
 # (1,4,16,64,256), MAX_TOKENS (256), PROMPT_LEN (192: random ids, the random target has no tokenizer),
 # TEMPERATURE (1), SHAPE (qwen3-8b), LAYERS (5), FRONTIER_TIMEOUT (560 s), EXTRA (more bench_frontier flags).
