@@ -11,6 +11,7 @@
 #   STAGES="tests pdl" bash recipes/runner_check.sh      # programmatic dependent launch on vs off (engine step)
 #   STAGES="markov" bash recipes/runner_check.sh         # the drafter's fused Markov slot loop on vs off
 #   STAGES="markovcfg" bash recipes/runner_check.sh      # its launch configs (bench_markov), the fastest in the drafter
+#   STAGES="mixed" bash recipes/runner_check.sh          # a decode + prefill-chunk step: attention split vs one launch
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
@@ -21,7 +22,8 @@
 # engine_markov{1,0}.log (bench_engine with DSPARK_FUSED_MARKOV=1 / 0: 4B decode at batch 1 and 8, the drafter
 # at MARKOV_BATCHES (1,8,32)). The markovcfg stage writes bench_markov.log (scripts/bench_markov.py: every launch
 # config of the fused loop and the PyTorch loop, graph-timed) and engine_markovcfg.log (bench_engine's drafter
-# with the fastest config, DSPARK_MARKOV_CONFIG).
+# with the fastest config, DSPARK_MARKOV_CONFIG). The mixed stage writes mixed_tests.log (the attention -m gpu
+# tests) and bench_mixed.log (scripts/bench_mixed.py: MIXED_MODEL (qwen3-8b), rows MIXED_ROWS (16,64,254)).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -100,6 +102,15 @@ if stage markovcfg; then
     --verify 8 --verify-batches 1 --drafter-batches 1,8 --drafter-path fused --no-diagnostics \
     --out "$RES/engine_markovcfg" > "$RES/engine_markovcfg.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_markovcfg.log"
   grep -v '^{' "$RES/engine_markovcfg.log" | tail -12
+fi
+if stage mixed; then
+  stamp "mixed step: decode rows beside a prefill chunk, attention split vs one launch"
+  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf -p no:cacheprovider tests/test_kernels_attention.py \
+    > "$RES/mixed_tests.log" 2>&1 || echo "mixed tests: rc=$?" >> "$RES/mixed_tests.log"
+  tail -2 "$RES/mixed_tests.log"
+  $PY scripts/bench_mixed.py --model "${MIXED_MODEL:-qwen3-8b}" --rows "${MIXED_ROWS:-16,64,254}" \
+    > "$RES/bench_mixed.log" 2>&1 || echo "bench_mixed: rc=$?" >> "$RES/bench_mixed.log"
+  grep -v '^{' "$RES/bench_mixed.log" | tail -8
 fi
 if stage host; then
   stamp "bench_host on the GPU: step wall time and host phases per policy"
