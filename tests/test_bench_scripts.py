@@ -111,3 +111,21 @@ def test_bench_host_table_then_json(capsys: pytest.CaptureFixture) -> None:
     assert [(r["policy"], r["concurrency"]) for r in data["rows"]] == [("none", 2), ("dspark-async+gate", 2)]
     assert all(r["total"] >= r["host"] > 0 for r in data["rows"])
     assert "random:tiny" in out
+
+
+def test_bench_mixed_builds_a_decode_plus_chunk_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mixed step's batch: decode rows then one chunk, every sequence on its own pages, last-token logits;
+    the GPU scripts refuse cleanly without CUDA."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # they import their sibling scripts
+    mixed = _script("bench_mixed")
+    batch = mixed.mixed_batch(3, 40, 20, 64, 100, torch.Generator().manual_seed(0), "cpu")
+    assert batch.query_start.tolist() == [0, 1, 2, 3, 23] and batch.context_lens.tolist() == [40, 40, 40, 0]
+    assert batch.logits_indices.tolist() == [0, 1, 2, 22] and batch.max_query_len == 20
+    slots = batch.slot_mapping.tolist()
+    assert len(set(slots)) == len(slots) and min(slots) >= 16  # own pages, never the null page 0
+    if not torch.cuda.is_available():
+        assert mixed.main(["--rows", "2"]) == 2
+        if importlib.util.find_spec("triton") is not None:  # bench_markov imports the Triton kernels
+            assert _script("bench_markov").main(["--rows", "1"]) == 2
