@@ -147,6 +147,12 @@ def test_mixed_step_attends_short_rows_and_chunks_apart(dtype, group, page_size)
     torch.testing.assert_close(split[:real].float(), whole[:real].float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+def test_mixed_step_whose_chunk_launch_would_split():
+    """Few programs: the chunks' launch must not split (its combine pass would overwrite every row)."""
+    check_case([1, 1, 12], [300, 5, 200], 16, kv_heads=1, group=1, head_dim=16, dtype=torch.float32, device="cpu",
+               short_query_len=8)
+
+
 def test_mixed_step_with_only_one_kind_of_sequence():
     """Every sequence short, or every one long: one of the two launches has nothing to do."""
     check_case([1, 4, 8], [3, 50, 9], 16, kv_heads=2, group=2, head_dim=16, dtype=torch.float32, device="cpu",

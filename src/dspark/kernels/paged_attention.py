@@ -133,14 +133,15 @@ def paged_mixed_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     One launch sized for the chunks gives every sequence ``max_query_len / BLOCK_M`` tiles of up to 128 rows,
     so a decode row (one token) spends a 128-row tile on every cached position. Here two launches write
     one output: the short sequences with tiles for `short_query_len` tokens (and their split-K combine, which
-    also writes rows of the long ones: the second launch, after it, overwrites those), then the long ones.
+    also writes rows of the long ones: the second launch, after it, overwrites those), then the long ones,
+    never split (a combine pass of theirs would overwrite the short rows).
     """
     if max_context_len is None:
         max_context_len = int(context_lens.max()) if context_lens.numel() else 0
     out = _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, short_query_len,
                   max_context_len, None, q_range=(0, short_query_len))
     return _launch(q, k_cache, v_cache, query_start, context_lens, block_tables, scale, max_query_len,
-                   max_context_len, None, out=out, q_range=(short_query_len, MAX_QUERY_LEN))
+                   max_context_len, 1, out=out, q_range=(short_query_len, MAX_QUERY_LEN))
 
 
 def _launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, query_start: torch.Tensor,
