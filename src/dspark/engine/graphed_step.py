@@ -112,14 +112,14 @@ def _row_views(v: dict[str, torch.Tensor], probs: torch.Tensor, shape: tuple[int
             v["forced"][:b] if forced else None)
 
 
-def _rows_plan(host: HostPlan, views: RowViews, short_query_len: int | None) -> StepPlan:
+def _rows_plan(host: HostPlan, views: RowViews) -> StepPlan:
     """The step's own plan (B rows, N tokens, M logits rows) over `_row_views` of the staged inputs just sent
-    (`short_query_len`: its graph's bound on the decode rows of a mixed step, None if not mixed)."""
+    (the eager plan's fields, for the step's bookkeeping: the graph replays its padded plan)."""
     (ids, pos, slots, qstart, ctx, tables, logits_indices, temperature, top_k, top_p, seeds, counters, logit_rows,
      verify_logits, draft_ids, probs, num_verify, num_new, update_index, next_known, known_anchor, draft_index,
      forced) = views
     batch = FlatBatch(ids, pos, slots, qstart, ctx, tables, logits_indices, max_query_len=host.max_query_len,
-                      max_context_len=host.max_context, short_query_len=short_query_len)
+                      max_context_len=host.max_context)
     params = RowParams(temperature, top_k, top_p, host.max_top_k, host.any_top_p, host.any_greedy)
     return StepPlan(batch, host.seqs, params, seeds, counters, logit_rows, verify_logits, draft_ids, probs, num_verify,
                     num_new, update_index, next_known, known_anchor, host.sampled_rows, host.draft_rows, draft_index,
@@ -184,7 +184,7 @@ class GraphedStep:
             if len(entry.row_views) >= MAX_ROW_VIEWS:
                 entry.row_views.clear()
             views = entry.row_views[shape] = _row_views(entry.inputs.device, self._probs, shape)
-        plan = _rows_plan(host, views, key.target.short_query_len or None)
+        plan = _rows_plan(host, views)
         self._staged = (plan, entry)
         return plan
 
