@@ -13,7 +13,8 @@ the same K/V), and whole engine steps are timed with no drafting (policy ``none`
 over its verify forward (scheduling, sampling, bookkeeping, the drafter's absorb), and
 ``draft_cost(R)`` a drafted step's further excess over the verify forward of R·(γ+1) tokens (the
 drafter's proposal and rejection sampling). Times are medians of `repeats` after `warmup` calls,
-synchronised on CUDA; the first request count profiled gets `FIRST_WARMUP` more warm-up calls (it pays
+synchronised on CUDA, a call that captured a CUDA graph not counted (another is made in its place: a
+step of a new shape, e.g. its drafter's context crossing a power of two, pays a capture of ~0.1-1 s); the first request count profiled gets `FIRST_WARMUP` more warm-up calls (it pays
 the process's first calls: allocator growth, kernel selection, lazily built state).
 
 Robustness (`fill_unmeasured`, `lower_envelope`): timing noise on a shared machine only ever makes a
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 FIRST_WARMUP = 2  # extra warm-up calls of the first request count profiled (the first calls of the process)
 OUTLIER_FACTOR = 2.0  # a point lowered by more than this factor is logged as an outlier
 MIN_COST = 1e-6  # what a per-request cost that came out <= 0 is stored as
+MAX_CAPTURE_RETRIES = 3  # calls a timing may add in place of calls that captured a CUDA graph
 
 
 def lower_envelope(curve: Mapping[int, float], what: str = "curve") -> tuple[dict[int, float], list[str]]:
@@ -108,22 +110,38 @@ def _sane(curve: Mapping[int, float], what: str, outliers: list[str]) -> dict[in
 
 def output_budget(gamma: int, num_widths: int, repeats: int, warmup: int) -> int:
     """Output tokens a profiled request may need (every timed step commits up to γ+1; the first request
-    count's `FIRST_WARMUP` extra warm-up calls included)."""
-    return (warmup + FIRST_WARMUP + repeats + 2) * (num_widths + 2) * (gamma + 1) + 8
+    count's `FIRST_WARMUP` extra warm-up calls and `MAX_CAPTURE_RETRIES` included)."""
+    return (warmup + FIRST_WARMUP + repeats + MAX_CAPTURE_RETRIES + 2) * (num_widths + 2) * (gamma + 1) + 8
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    times = []
-    for i in range(warmup + repeats):
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int,
+                    captures: Callable[[], int] = lambda: 0) -> float:
+    """Median seconds of `repeats` calls of `fn` after `warmup`. A call during which `captures()` (the CUDA
+    graphs held so far) grew paid a capture, not a step: it is not timed and another call is made, up to
+    `MAX_CAPTURE_RETRIES` times (then the capturing calls' times are kept, the envelope lowers them)."""
+    times: list[float] = []
+    capturing: list[float] = []
+    for i in range(warmup + repeats + MAX_CAPTURE_RETRIES):
+        if len(times) >= repeats:
+            break
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        held = captures()
         t0 = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if i < warmup:
+            continue
+        (capturing if captures() != held else times).append(seconds)
+    times += sorted(capturing)[: repeats - len(times)]
     return statistics.median(times)
+
+
+def graph_count(llm: LLM) -> int:
+    """CUDA graphs the engine's runner holds (whole steps and target forwards; 0 without graphs)."""
+    return sum(len(getattr(part, "graphs", ())) for part in (llm.runner.step, llm.runner.target))
 
 
 def _time_verify_forward(llm: LLM, width: int, repeats: int, warmup: int) -> float:
@@ -133,8 +151,8 @@ def _time_verify_forward(llm: LLM, width: int, repeats: int, warmup: int) -> flo
     out = llm.scheduler.schedule()
     plan = llm.runner._plan(out)
     layer_ids = llm.drafter.config.target_layer_ids if llm.drafter is not None else None
-    seconds = _median_seconds(lambda: llm.runner.target.forward(plan.batch, plan.seqs, layer_ids), llm.runner.device,
-                              repeats, warmup)
+    seconds = median_seconds(lambda: llm.runner.target.forward(plan.batch, plan.seqs, layer_ids), llm.runner.device,
+                              repeats, warmup, lambda: graph_count(llm))
     llm.scheduler.update(out, llm.runner.execute(out))
     return seconds
 
@@ -142,7 +160,7 @@ def _time_verify_forward(llm: LLM, width: int, repeats: int, warmup: int) -> flo
 def _time_steps(llm: LLM, policy: str, repeats: int, warmup: int) -> float:
     llm.scheduler.planner = VerifyPlanner(policy)
     llm.step()
-    return _median_seconds(llm.step, llm.runner.device, repeats, warmup)
+    return median_seconds(llm.step, llm.runner.device, repeats, warmup, lambda: graph_count(llm))
 
 
 @torch.no_grad()
@@ -232,7 +250,8 @@ def cache_key(llm: LLM) -> str:
     parts = {"target": llm.target.fingerprint(), "runner": type(llm.runner.target).__name__,
              "device": torch.cuda.get_device_name(llm.runner.device) if llm.runner.device.type == "cuda" else "cpu",
              "dtype": str(llm.target.dtype), "page_size": llm.config.page_size, "requests": requests,
-             "context": context, "widths": PROFILE_WIDTHS}
+             "context": context, "widths": PROFILE_WIDTHS,
+             "timing": "captures excluded"}  # tables timed with captures inside are profiled again
     if llm.drafter is not None:
         weights = hashlib.sha256()
         for name, p in sorted(llm.drafter.state_dict().items()):

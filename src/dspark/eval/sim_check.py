@@ -9,7 +9,7 @@ after its closed loops (`dspark.eval.closed_loop`):
    simulator prices no step by extrapolation), plus the terms the table leaves out
    (`dspark.sim.cost.StepCost`), measured here on the same engine:
    * `measure_prefill_cost`: what a prefill chunk adds to a step (steps with and without one new
-     request, timed with the profiler's own `_median_seconds`);
+     request, timed with the profiler's own `median_seconds`, captures excluded);
    * `measure_context_cost`: what a longer context adds per decoding row (`profile_engine` at the
      table's context and at the workload's, one request count);
    * `measure_plan_cost`: the planner's host time per drafted round beyond ``fixed:γ``'s, timed in the
@@ -38,6 +38,7 @@ Timings taken here are only as good as the machine: on a shared CPU they are noi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -150,7 +151,7 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
     import torch
 
     from dspark.engine.options import SamplingOptions
-    from dspark.engine.profile import _median_seconds
+    from dspark.engine.profile import MAX_CAPTURE_RETRIES, graph_count, median_seconds
     from dspark.scheduling.planner import VerifyPlanner
 
     if llm.has_unfinished():
@@ -159,7 +160,7 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
     width = gamma + 1
     modes = {"plain": "none", **({"drafted": f"fixed:{gamma}"} if gamma else {})}
     while True:  # the decoding rows must last every timed step: fewer repeats where max_model_len is short
-        decode_tokens = (len(modes) * (4 * (warmup + repeats) + 2) + 2) * width + 8
+        decode_tokens = (len(modes) * (4 * (warmup + repeats + MAX_CAPTURE_RETRIES) + 2) + 2) * width + 8
         context = min(64, llm.max_model_len - decode_tokens - 2)
         if context >= 1 or repeats + warmup <= 1:
             break
@@ -171,6 +172,7 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
     rng = np.random.default_rng(seed)
     probe = itertools.count()
     device = llm.runner.device
+    captures = functools.partial(graph_count, llm)  # a step that captured a graph is not timed
     saved = llm.scheduler.planner
     preempted = llm.scheduler.num_preemptions
     raw: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
@@ -197,9 +199,9 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
                     if r:
                         llm.step()  # the right kind of drafts are waiting now
                     row = {"requests": r, "prompt_len": length,
-                           "base": _median_seconds(llm.step, device, repeats, warmup) if r else 0.0}
+                           "base": median_seconds(llm.step, device, repeats, warmup, captures) if r else 0.0}
                     for key, lengths in (("one", (length,)), ("long", (2 * length,)), ("two", (length, length))):
-                        row[key] = _median_seconds(lambda: with_prefill(lengths), device, repeats, warmup)
+                        row[key] = median_seconds(lambda: with_prefill(lengths), device, repeats, warmup, captures)
                     raw[mode].append(row)
                 _drop(llm, ids)
     finally:
