@@ -14,6 +14,9 @@ Every drafter (DSpark, DFlash, Eagle3, MTP-1) is an `nn.Module` with a `DrafterC
 Drafters whose context K/V at a position depend on the target's features there and nothing else
 (DSpark, DFlash) are also a `FlatAbsorber`: the engine hands them the step's flat token axis and the
 target's own slot mapping (no per-row padding; positions later rejected are overwritten, like the target's).
+The chain drafters (MTP-1, Eagle3) are a `FlatChainAbsorber`: their K/V at a position depend on its inputs
+alone too (the target's feature there and the token that follows it), so they are written over the flat
+axis the same way; only each row's last committed position attends (its output seeds the first draft).
 Round flow: target verifies -> ContextUpdate -> drafter.absorb -> drafter.draft -> policy picks lengths -> verify.
 """
 
@@ -117,6 +120,31 @@ class SlotWriter(Protocol):
     v: list[torch.Tensor]
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+
+@dataclass
+class FlatUpdate:
+    """A step's positions on its flat token axis (N tokens, B rows), for a `FlatChainAbsorber`."""
+
+    features: torch.Tensor  # [N, n·d] target features at target_layer_ids ([N, 0] when none are read)
+    last_hidden: torch.Tensor  # [N, d] final-normed target hidden states
+    next_ids: torch.Tensor  # [N] the committed token after each position (past a row's last committed one: any id)
+    positions: torch.Tensor  # [N]
+    slot_mapping: torch.Tensor  # [N] where each position's K/V goes (< 0: dropped)
+    last_index: torch.Tensor  # [B] flat index of each row's last committed position
+
+
+@runtime_checkable
+class FlatChainAbsorber(Protocol):
+    def absorb_flat_chain(self, cache: SlotWriter, update: FlatUpdate, past: DrafterState) -> torch.Tensor:
+        """Write every flat position's K/V into `cache`; return the layer output at each row's last committed
+        position [B, 1, d], attending over `past` (each row's context before that position)."""
+        ...
+
+
+def absorbs_flat(drafter: object) -> bool:
+    """Whether the engine hands `drafter` the flat token axis (else per-row left-aligned updates [B, W])."""
+    return isinstance(drafter, (FlatAbsorber, FlatChainAbsorber))
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dspark.drafters.base import ContextKV, ContextUpdate, Proposal, copy_frozen_from_target
+from dspark.drafters.base import ContextKV, ContextUpdate, FlatUpdate, Proposal, SlotWriter, copy_frozen_from_target
 from dspark.drafters.config import DrafterConfig
 from dspark.drafters.kv_cache import RaggedKV
 from dspark.drafters.layers import RMSNorm, Rotary
@@ -90,6 +90,25 @@ class ChainDrafter(nn.Module):
         kv.append([k], [v], update.num_new)
         last = (update.num_new - 1).clamp_min(0)
         return out[torch.arange(rows, device=out.device), last].unsqueeze(1)  # [R, 1, d]
+
+    @torch.no_grad()
+    def absorb_flat_chain(self, cache: SlotWriter, update: FlatUpdate, past: ChainState) -> torch.Tensor:
+        """The engine's absorb (`FlatChainAbsorber`): the chain's K/V at every flat position (they depend on
+        its own inputs alone) written at its slot, then each row's last committed position attends over
+        `past` and itself; returns that output `[B, 1, d]`, as `absorb` does."""
+        feature = self.context_feature(update.features, update.last_hidden).unsqueeze(0)  # [1, N, d]
+        attn_in, residual = self.layer_inputs(self.embed_tokens(update.next_ids.clamp_min(0)).unsqueeze(0), feature)
+        cos, sin = self.rotary(update.positions.unsqueeze(0), attn_in.dtype)
+        k, v = self.layers[0].self_attn.kv(attn_in, cos, sin)
+        cache.write(0, update.slot_mapping, k[0], v[0])
+        last, kv = update.last_index, past.kv
+        past_k, past_v = kv.view(0)
+        own = torch.ones(last.shape[0], 1, 1, dtype=torch.bool, device=last.device)
+        mask = torch.cat([kv.valid_mask().unsqueeze(1), own], dim=2)  # [B, 1, L + 1]
+        cos, sin = self.rotary(update.positions[last].unsqueeze(1), attn_in.dtype)
+        out, _, _ = self.layers[0].attn_block(residual[0, last].unsqueeze(1), attn_in[0, last].unsqueeze(1), cos, sin,
+                                              past_k, past_v, mask)
+        return out
 
     @torch.no_grad()
     def draft(self, state: ChainState, feature: torch.Tensor, anchor_ids: torch.Tensor, sampler: Sampler) -> Proposal:

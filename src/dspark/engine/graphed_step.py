@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark.drafters.base import Drafter, FlatAbsorber, Proposal
+from dspark.drafters.base import Drafter, Proposal, absorbs_flat
 from dspark.engine.batch import FlatBatch
 from dspark.engine.graphed_target import MIN_CONTEXT_BUCKET, GraphedDenseTarget, GraphKey
 from dspark.engine.host_plan import HostPlan, upload_plan
@@ -48,7 +48,7 @@ from dspark.engine.target import TargetOutput
 from dspark.sampling import RowParams
 
 MAX_ROW_VIEWS = 64  # step shapes whose views a graph keeps (`upload`)
-MAX_UPDATE_POSITIONS = 131072  # S_pad x W_pad bound of the per-row update of drafters that are not a FlatAbsorber (eager does the same work)
+MAX_UPDATE_POSITIONS = 131072  # S_pad x W_pad bound of the per-row update of drafters that absorb per row (eager does the same work)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class GraphedStep:
         self.target, self.drafter, self.draft_kv = target, drafter, draft_kv
         self.gamma = drafter.config.num_drafts if drafter is not None else 0
         self.layer_ids = None if drafter is None else list(drafter.config.target_layer_ids)
-        self.per_row_update = drafter is not None and not isinstance(drafter, FlatAbsorber)
+        self.per_row_update = drafter is not None and not absorbs_flat(drafter)
         sizes = target.sizes
         need = max_seqs + 1  # + the dummy sequence of padding tokens
         self.max_seqs = next((x for x in sizes if x >= need), sizes[-1])

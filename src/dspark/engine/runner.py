@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from dspark.drafters.base import Drafter, FlatAbsorber
+from dspark.drafters.base import Drafter, absorbs_flat
 from dspark.engine.host_plan import HostPlan, upload_plan
 from dspark.engine.kv_cache import PagedKVCache
 from dspark.engine.layout import flat_layout, ragged_to_padded
@@ -76,7 +76,7 @@ class Runner:
             dtype = next(drafter.parameters()).dtype
             self.draft_kv = PagedKVCache(drafter.context_layers, num_pages, page_size, c.num_key_value_heads,
                                          c.head_dim, dtype, self.device)
-        self.per_row_update = drafter is not None and not isinstance(drafter, FlatAbsorber)  # [B, W] updates
+        self.per_row_update = drafter is not None and not absorbs_flat(drafter)  # [B, W] updates
         self.host_syncs = 0  # device -> host reads (one per step by design)
         self.step: StepFn = step or (lambda plan: speculative_step(plan, self.target, self.drafter, self.draft_kv))
 
@@ -114,7 +114,9 @@ class Runner:
         ctx_arr = np.asarray(ctx, dtype=np.int64)
         lay = flat_layout(ctx_arr, np.asarray(qlens, dtype=np.int64), decode, sample_first, tables, ps, k)
         num_new = [len(s.token_ids) if s.prefill else 0 for s in seqs]
-        known_anchor = [s.next_token if s.prefill and s.next_token is not None and s.final_chunk else -1 for s in seqs]
+        # the token after a prefill chunk when the host knows it (the anchor of a resumed prefill's final chunk;
+        # mid-prompt, the next chunk's first token: a chain drafter's K/V at the chunk's last position read it)
+        known_anchor = [s.next_token if s.prefill and s.next_token is not None else -1 for s in seqs]
         sampled_rows = [b for b, s in enumerate(seqs) if not s.prefill or s.sample_first]
         update_index, next_known = self._update_layout(seqs, qlens)
         draft_rows = [b for b, s in enumerate(seqs) if out.draft and (not s.prefill or s.final_chunk)]
@@ -138,7 +140,7 @@ class Runner:
     def _update_layout(self, seqs, qlens: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """[B, W] flat token of slot w of each seq (clamped) and the token after it when known (-1: drawn this step).
 
-        Only drafters that are not a `FlatAbsorber` read it (W = max(query, γ+1)); others get W = 0.
+        Only drafters that absorb per row (not `absorbs_flat`) read it (W = max(query, γ+1)); others get W = 0.
         """
         b = len(seqs)
         if not self.per_row_update:

@@ -10,8 +10,9 @@
    of a prefill row (the scheduler appends them; rejected positions' K/V are overwritten next step);
 3. **absorb**: the drafter takes the target's features at every newly committed position into its
    context K/V (in the same pages as the target's), so both caches always cover the same positions:
-   a `FlatAbsorber` (DSpark, DFlash) over the step's flat tokens and the target's slot mapping, other
-   drafters over per-row left-aligned updates `[B, W]`;
+   a `FlatAbsorber` (DSpark, DFlash) over the step's flat tokens and the target's slot mapping, a
+   `FlatChainAbsorber` (MTP-1, Eagle3) the same way plus one attending query per row (`_flat_update`),
+   other drafters over per-row left-aligned updates `[B, W]`;
 4. **propose**: rows that decode next step draft γ tokens after their new anchor, recording the exact
    draft distributions and the calibrated confidences the policy ranks next step.
 Randomness: each row reads its request's stream at the counter the scheduler assigned (γ+1 draws for
@@ -32,7 +33,7 @@ import torch
 from torch.profiler import record_function
 
 from dspark.counter_rng import counter_uniforms
-from dspark.drafters.base import ContextUpdate, Drafter, FlatAbsorber, Proposal
+from dspark.drafters.base import ContextUpdate, Drafter, FlatAbsorber, FlatChainAbsorber, FlatUpdate, Proposal
 from dspark.engine.batch import FlatBatch
 from dspark.engine.draft_kv import PagedContextKV
 from dspark.engine.kv_cache import PagedKVCache
@@ -58,9 +59,9 @@ class StepPlan:
     draft_probs: torch.Tensor  # [B, K, V]
     num_verify: torch.Tensor  # [B] ℓ (0 for prefill rows)
     num_new_host: torch.Tensor  # [B] positions a prefill row commits (its chunk), 0 for decode rows
-    update_index: torch.Tensor  # [B, W] flat token of slot w of seq b (clamped); W = 0 for a `FlatAbsorber`
+    update_index: torch.Tensor  # [B, W] flat token of slot w of seq b (clamped); W = 0 for a flat absorber
     next_known: torch.Tensor  # [B, W] token following each position when known on the host (else -1)
-    known_anchor: torch.Tensor  # [B] next anchor when known on the host (resumed prefill), else -1
+    known_anchor: torch.Tensor  # [B] the token after a prefill chunk when known on the host (its anchor if final), else -1
     sampled_rows: list[int]  # seqs whose drawn tokens commit (decode rows, prefills drawing their first token)
     draft_rows: list[int]  # seq indices that draft after this step
     draft_index: torch.Tensor  # [Rd] the same on the device
@@ -88,7 +89,7 @@ def _verify(plan: StepPlan, target_probs: torch.Tensor, uniforms: torch.Tensor) 
 
 def _context_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: torch.Tensor, out_ids: torch.Tensor,
                     num_new: torch.Tensor) -> ContextUpdate:
-    """The positions every seq commits this step, left-aligned [B, W] (drafters that are not a `FlatAbsorber`)."""
+    """The positions every seq commits this step, left-aligned [B, W] (drafters that absorb per row)."""
     width = plan.update_index.shape[1]
     k1 = out_ids.shape[1]
     drawn = out_ids[:, :width] if width <= k1 else torch.cat([out_ids, out_ids.new_full((out_ids.shape[0], width - k1), -1)], 1)
@@ -97,6 +98,22 @@ def _context_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: 
     next_ids = torch.where(prefill, known, drawn)
     feats = features if features is not None else last_hidden[:, :0]
     return ContextUpdate(feats[plan.update_index], last_hidden[plan.update_index], next_ids.clamp_min(0), num_new)
+
+
+def _flat_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: torch.Tensor, num_new: torch.Tensor,
+                 anchors: torch.Tensor) -> FlatUpdate:
+    """The step's flat positions for a `FlatChainAbsorber`: the token after flat position i is the step's token
+    i+1 up to its row's last committed position, whose next is the row's new anchor (the recovered / bonus or
+    first token, or a resumed prompt's next token)."""
+    batch = plan.batch
+    ids, starts = batch.input_ids, batch.query_start
+    flat = torch.arange(ids.shape[0], device=ids.device)
+    row = torch.searchsorted(starts[1:], flat, right=True).clamp_max(starts.shape[0] - 2)  # padding: the last row
+    last = (starts[:-1] + num_new - 1).clamp(0, ids.shape[0] - 1)  # [B] (padding rows, no tokens: the last one)
+    following = torch.cat([ids[1:], ids[-1:]])
+    next_ids = torch.where(flat < last[row], following, anchors[row])
+    feats = features if features is not None else last_hidden[:, :0]
+    return FlatUpdate(feats, last_hidden, next_ids, batch.positions, batch.slot_mapping, last)
 
 
 def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | None, draft_kv: PagedKVCache | None
@@ -116,10 +133,16 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
 
     num_new = torch.where(plan.num_new_host > 0, plan.num_new_host, num_accepted + 1)  # 3. absorb
     lengths = batch.context_lens
+    drawn = out_ids.gather(1, num_accepted.unsqueeze(1)).squeeze(1)  # the recovered/bonus or first token
+    anchors = torch.where(plan.known_anchor >= 0, plan.known_anchor, drawn)
     carry = None
     with record_function("step.absorb"):
         if isinstance(drafter, FlatAbsorber):
             drafter.absorb_flat(draft_kv, out.features, batch.positions, batch.slot_mapping)
+        elif isinstance(drafter, FlatChainAbsorber):
+            update = _flat_update(plan, out.features, out.last_hidden, num_new, anchors)
+            past = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables, lengths + num_new - 1, plan.draft_length))
+            carry = drafter.absorb_flat_chain(draft_kv, update, past)
         else:
             update = _context_update(plan, out.features, out.last_hidden, out_ids, num_new)
             state = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables, lengths, plan.max_context))
@@ -128,8 +151,6 @@ def speculative_step(plan: StepPlan, target: TargetForward, drafter: Drafter | N
         return StepResult(out_ids, num_accepted, None)
 
     rows = plan.draft_index  # 4. propose
-    drawn = out_ids.gather(1, num_accepted.unsqueeze(1)).squeeze(1)  # the recovered/bonus or first token
-    anchors = torch.where(plan.known_anchor >= 0, plan.known_anchor, drawn)
     sub = drafter.state_for(PagedContextKV(draft_kv, batch.block_tables[rows], (lengths + num_new)[rows],
                                            plan.draft_length))
     sampler = RowSampler(plan.params.select(rows), plan.seeds[rows], plan.counters[rows] + g + 1, uniforms[rows, g + 1:],
