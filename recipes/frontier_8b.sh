@@ -14,7 +14,8 @@
 #   python recipes/_frontier.py merge --parts DIR --policies none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate \
 #       --json DIR/frontier8b.json --plot DIR/frontier8b.png
 # Each writes to $OUT (RESULTS elsewhere): gpu_tests.log; frontier8b.log, frontier8b.json, frontier8b.png,
-# sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`).
+# sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`), gpu_clocks.csv
+# (nvidia-smi every second: SM / memory clocks, power, temperature, throttle reasons).
 #
 # The mixed-step attention split (decode rows and prefill chunks in two launches) on vs off, same lease:
 #   STAGES=frontier POLICIES=none,dspark-async CONCURRENCY=64,256 bash recipes/frontier_8b.sh            # split
@@ -46,6 +47,10 @@ if stage frontier; then
   stamp "frontier: random:${SHAPE:-qwen3-8b} + random:${LAYERS:-5}"
   rm -rf runs/sim8b
   rc=0
+  # the GPU's clocks, power and throttle reasons every second (a point's speed moved 8.6% within one lease in
+  # session 13: a power or thermal cap on the compute-bound C = 256 steps would show here)
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 1 > "$RES/gpu_clocks.csv" 2>/dev/null & smi=$!
   timeout "${FRONTIER_TIMEOUT:-560}" $PY scripts/bench_frontier.py --target "random:${SHAPE:-qwen3-8b}" \
     --drafter "random:${LAYERS:-5}" --mtp-drafter random \
     --synthetic-acceptance dspark/math --mtp-synthetic-acceptance mtp/math \
@@ -54,6 +59,7 @@ if stage frontier; then
     --prompt-len "${PROMPT_LEN:-192}" --temperature "${TEMPERATURE:-1}" --dtype bfloat16 \
     --plot "$RES/frontier8b.png" --json-out "$RES/frontier8b.json" --simulate --sim-dir runs/sim8b ${EXTRA:-} \
     > "$RES/frontier8b.log" 2>&1 || rc=$?
+  kill "$smi" 2>/dev/null || true
   [ -d runs/sim8b ] && tar czf "$RES/sim8b.tgz" -C runs sim8b
   grep -v '^{' "$RES/frontier8b.log" | tail -60
   stamp "frontier rc=$rc"
