@@ -56,3 +56,20 @@ def run_one(llm, prompt: list[int], opts) -> str:
     while llm.has_unfinished():
         llm.step()
     return rid
+
+
+def run_staggered(llm, prompts: list[list[int]], options: list) -> list[tuple]:
+    """One new request per step (prefill chunks beside decoding rows), then to the end: per request its tokens,
+    per-round (verified, accepted, drafts) and per-round confidences."""
+    ids = []
+    for prompt, opts in zip(prompts, options):
+        ids.append(llm.add_request(prompt, opts))
+        llm.step()
+    while llm.has_unfinished():
+        llm.step()
+    out = []
+    for rid in ids:
+        res = llm.result(rid)
+        out.append((res.token_ids, [(r.verified, r.accepted, r.draft_ids) for r in res.rounds],
+                    [r.confidences or [] for r in res.rounds]))
+    return out

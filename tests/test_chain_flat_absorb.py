@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import taught_drafter, weak_bigram_target
+from engine_helpers import run_staggered, taught_drafter, weak_bigram_target
 from dspark.drafters.base import FlatAbsorber, FlatChainAbsorber, absorbs_flat
 from dspark.engine.llm import LLM
 from dspark.engine.options import SamplingOptions
@@ -49,18 +49,8 @@ def run(target, drafter, policy: str, per_row: bool) -> list[tuple]:
               eos_token_ids=(-1,), runner="model")
     llm.runner = ModelRunner(target, PerRow(drafter) if per_row else drafter, llm.blocks.num_pages, 4, cuda_graphs=False)
     assert llm.runner.per_row_update == per_row
-    ids = []
-    for prompt, opts in zip(PROMPTS, OPTIONS):  # one new request per step: chunks beside decoding rows
-        ids.append(llm.add_request(prompt, opts))
-        llm.step()
-    while llm.has_unfinished():
-        llm.step()
-    out = []
-    for rid in ids:
-        res = llm.result(rid)
-        out.append((res.token_ids, [(r.verified, r.accepted, r.draft_ids) for r in res.rounds],
-                    [[round(c, 4) for c in (r.confidences or [])] for r in res.rounds]))
-    return out
+    out = run_staggered(llm, PROMPTS, OPTIONS)
+    return [(tokens, rounds, [[round(c, 4) for c in conf] for conf in confs]) for tokens, rounds, confs in out]
 
 
 def test_the_chain_drafters_absorb_flat_and_dspark_keeps_its_own(target_and_map):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_helpers import taught_drafter, weak_bigram_target
+from engine_helpers import run_staggered, taught_drafter, weak_bigram_target
 from dspark.engine.graphed_step import GraphedStep, StepKey
 from dspark.engine.graphed_target import GraphedDenseTarget
 from dspark.engine.llm import LLM
@@ -48,18 +48,7 @@ def graphed_runner(target, drafter, num_pages: int, page_size: int, max_seqs: in
 
 def run(llm: LLM) -> list[tuple]:
     """(tokens, per-round (verified, accepted, drafts), per-round confidences) of every request."""
-    ids = []
-    for prompt, opts in zip(PROMPTS, OPTIONS):  # staggered: one new request per step
-        ids.append(llm.add_request(prompt, opts))
-        llm.step()
-    while llm.has_unfinished():
-        llm.step()
-    out = []
-    for rid in ids:
-        res = llm.result(rid)
-        out.append((res.token_ids, [(r.verified, r.accepted, r.draft_ids) for r in res.rounds],
-                    [r.confidences or [] for r in res.rounds]))
-    return out
+    return run_staggered(llm, PROMPTS, OPTIONS)
 
 
 @pytest.mark.parametrize("method,kw,policy", [("dspark", {"markov_head_type": "vanilla"}, "fixed:4"),
