@@ -12,6 +12,7 @@
 #   STAGES="markov" bash recipes/runner_check.sh         # the drafter's fused Markov slot loop on vs off
 #   STAGES="markovcfg" bash recipes/runner_check.sh      # its launch configs (bench_markov), the fastest in the drafter
 #   STAGES="mixed" bash recipes/runner_check.sh          # a decode + prefill-chunk step: attention split vs one launch
+#   STAGES="serpentine" bash recipes/runner_check.sh     # the Markov loop's W2 order, odd slots reversed vs not
 #
 # Writes to $OUT (RESULTS elsewhere), within the run tool's 8 files: gpu_tests.log, bench_engine.log (+ its
 # JSON / SPS plot under bench_engine/ in results.tgz), bench_host.log; results.tgz holds all of it.
@@ -24,6 +25,8 @@
 # config of the fused loop and the PyTorch loop, graph-timed) and engine_markovcfg.log (bench_engine's drafter
 # with the fastest config, DSPARK_MARKOV_CONFIG). The mixed stage writes mixed_tests.log (the attention -m gpu
 # tests) and bench_mixed.log (scripts/bench_mixed.py: MIXED_MODEL (qwen3-8b), rows MIXED_ROWS (16,64,254)).
+# The serpentine stage writes serpentine{1,0}.log (bench_markov, three configs) and engine_serpentine{1,0}.log
+# (bench_engine: 4B decode and the fused drafter at 1 and 8 rows) with DSPARK_MARKOV_SERPENTINE=1 / 0.
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
 set -eEuo pipefail
@@ -102,6 +105,19 @@ if stage markovcfg; then
     --verify 8 --verify-batches 1 --drafter-batches 1,8 --drafter-path fused --no-diagnostics \
     --out "$RES/engine_markovcfg" > "$RES/engine_markovcfg.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_markovcfg.log"
   grep -v '^{' "$RES/engine_markovcfg.log" | tail -12
+fi
+if stage serpentine; then
+  for flag in 1 0; do
+    stamp "the fused Markov loop with DSPARK_MARKOV_SERPENTINE=$flag (odd slots read W2 last tile first)"
+    DSPARK_MARKOV_SERPENTINE=$flag $PY scripts/bench_markov.py --rows 1,8 --configs "256,32,4,2;256,64,4,2;512,32,8,2" \
+      > "$RES/serpentine$flag.log" 2>&1 || echo "bench_markov: rc=$?" >> "$RES/serpentine$flag.log"
+    grep -v '^{' "$RES/serpentine$flag.log" | tail -8
+    DSPARK_MARKOV_SERPENTINE=$flag $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1 \
+      --verify 8 --verify-batches 1 --drafter-batches 1,8 --drafter-path fused --no-diagnostics \
+      --out "$RES/engine_serpentine$flag" > "$RES/engine_serpentine$flag.log" 2>&1 \
+      || echo "bench_engine: rc=$?" >> "$RES/engine_serpentine$flag.log"
+    grep -v '^{' "$RES/engine_serpentine$flag.log" | tail -10
+  done
 fi
 if stage mixed; then
   stamp "mixed step: decode rows beside a prefill chunk, attention split vs one launch"

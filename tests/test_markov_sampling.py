@@ -101,6 +101,27 @@ def test_greedy_rows_follow_the_argmax_chain_exactly():
         assert torch.equal(probs[:, k], F.one_hot(prev, 300).float())
 
 
+def test_serpentine_slots_keep_the_first_argmax_and_the_draws(monkeypatch):
+    # odd slots stream their W2 tiles last to first (`serpentine`): a tie between two tiles of one program must
+    # still go to the smaller index, and the draws must not depend on the order
+    base = torch.full((2, 4, 256), -5.0)
+    base[:, :, 10] = base[:, :, 100] = 7.0  # tiles 0 and 3 of block 0 (block 128, sub 32)
+    w1, w2 = torch.zeros(256, 16), torch.zeros(256, 16)
+    u = torch.rand(2, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    temps = torch.tensor([0.0, 0.0])
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DSPARK_MARKOV_SERPENTINE", flag)
+        ids, probs = markov_draft(base, torch.tensor([3, 4]), w1, w2, temps, True, u, block=128)
+        assert torch.equal(ids, torch.full((2, 4), 10)) and torch.equal(probs[:, :, 10], torch.ones(2, 4))
+    b, anchor, w1, w2, u = inputs(3, 5, 700, 24, torch.float32, seed=5)
+    got = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("DSPARK_MARKOV_SERPENTINE", flag)
+        got[flag] = check_against_loop(b, anchor, w1, w2, [1.0, 0.0, 0.6], u, block=256)
+    assert torch.equal(got["1"][0], got["0"][0])
+    torch.testing.assert_close(got["1"][1], got["0"][1], rtol=1e-6, atol=1e-7)
+
+
 def test_writes_into_the_callers_buffer_and_checks_its_input():
     base, anchor, w1, w2, u = inputs(2, 3, 200, 16, torch.float32, seed=4)
     temp = torch.ones(2)

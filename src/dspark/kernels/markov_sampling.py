@@ -7,8 +7,8 @@ turns them into the slot's exact draft distribution (`RowSampler.probs`) and dra
 launches per slot, seventy a block, each paying a kernel boundary in a batch-1 decode step. Here a slot is
 
 * **logits** (`_markov_logits_kernel`, grid ``(NB, ceil(R / 16))``): each program streams a
-  ``[BLOCK, r]`` slab of W2 in ``[SUB, r]`` tiles, the next one loading while the current one's softmax
-  runs (the first before the programmatic-dependent-launch wait: the weights are never written by a
+  ``[BLOCK, r]`` slab of W2 in ``[SUB, r]`` tiles (odd slots last to first: `serpentine`), the next one
+  loading while the current one's softmax runs (the first before the programmatic-dependent-launch wait: the weights are never written by a
   kernel), gathers W1 rows of its rows' previous tokens, multiplies
   (`tl.dot`, float32 sums; the bias rounded to W2's dtype, the sum with the base logits to the dtype
   torch's ``base + bias`` has, so the logits equal the PyTorch path's up to the GEMV's summation order),
@@ -66,6 +66,13 @@ class Config:
         return f"{self.block},{self.sub},{self.num_warps},{self.num_stages}"
 
 
+def serpentine() -> bool:
+    """Whether odd slots stream their W2 tiles last to first (default; ``DSPARK_MARKOV_SERPENTINE=0``: every slot
+    first to last). W2 (V x rank: 78 MB at V = 151,936, rank 256) does not fit an H200's 50 MB L2, but each
+    program's tiles read last in one slot are read first in the next, while they may still be in L2."""
+    return os.environ.get("DSPARK_MARKOV_SERPENTINE", "1") != "0"
+
+
 def default_config() -> Config:
     """`Config()`, or ``DSPARK_MARKOV_CONFIG`` when set."""
     text = os.environ.get("DSPARK_MARKOV_CONFIG")
@@ -105,16 +112,18 @@ def _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, 
 
 @triton.jit
 def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr, m_ptr, s_ptr, i_ptr, R, V, NB, RANK,
-                          stride_b, stride_o, stride_prev, stride_w1, stride_w2, ANY_GREEDY: tl.constexpr,
+                          stride_b, stride_o, stride_prev, stride_w1, stride_w2, REVERSE, ANY_GREEDY: tl.constexpr,
                           BIAS_ROUND: tl.constexpr, SUM_ROUND: tl.constexpr, IEEE: tl.constexpr, RANK_PAD: tl.constexpr,
                           BLOCK: tl.constexpr, SUB: tl.constexpr, BLOCK_R: tl.constexpr, USE_PDL: tl.constexpr):
-    """Program (b, g): vocabulary block b for rows g·BLOCK_R ..: logits into out, softmax partials into m, s, i."""
+    """Program (b, g): vocabulary block b for rows g·BLOCK_R ..: logits into out, softmax partials into m, s, i.
+    Its SUB tiles run first to last, or last to first when REVERSE (1): see `serpentine`."""
     blk = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = rows < R
     rk = tl.arange(0, RANK_PAD)
     k_ok = rk < RANK
-    cols = blk * BLOCK + tl.arange(0, SUB)
+    step = SUB - 2 * SUB * REVERSE  # +SUB forwards, -SUB backwards
+    cols = blk * BLOCK + REVERSE * (BLOCK - SUB) + tl.arange(0, SUB)
     w = tl.load(w2_ptr + cols[:, None].to(tl.int64) * stride_w2 + rk[None, :],
                 mask=(cols < V)[:, None] & k_ok[None, :], other=0.0)  # the first W2 tile, before the wait
     wait_inputs(USE_PDL)
@@ -132,10 +141,11 @@ def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr,
     first = tl.full((BLOCK_R,), V, tl.int32)
     for j in range(BLOCK // SUB):
         x = _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, V, BIAS_ROUND, SUM_ROUND, IEEE)
-        nxt = cols + SUB  # the next tile streams in while this one's softmax runs (none after the block's last)
+        nxt = cols + step  # the next tile streams in while this one's softmax runs (none after the block's last)
         w = tl.load(w2_ptr + nxt[:, None].to(tl.int64) * stride_w2 + rk[None, :],
                     mask=((nxt < V) & (j + 1 < BLOCK // SUB))[:, None] & k_ok[None, :], other=0.0)
-        # greedy: the tile's first maximum (NaN above everything), kept when it beats the running one
+        # greedy: the tile's first maximum (NaN above everything), kept when it beats the running one or ties it
+        # at a smaller index (tiles may come in either order)
         valid = (cols < V)[None, :]
         nan = valid & (x != x)
         any_nan = tl.max(nan.to(tl.int32), 1) > 0
@@ -143,7 +153,10 @@ def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr,
         winner = valid & tl.where(any_nan[:, None], nan, x == t_top[:, None])
         t_first = tl.min(tl.where(winner, cols[None, :], V), 1)
         t_top = tl.where(any_nan, float("nan"), t_top)
-        take = (first == V) | (t_top > top) | ((t_top != t_top) & (top == top))
+        r_nan = top != top
+        better = (any_nan & ~r_nan) | (~any_nan & ~r_nan & (t_top > top))
+        tie = (any_nan & r_nan) | (t_top == top)
+        take = (first == V) | better | (tie & (t_first < first))
         top = tl.where(take, t_top, top)
         first = tl.where(take, t_first, first)
         # softmax: the running max and sum of exp(x / T - max), rescaled when the max moves
@@ -213,11 +226,12 @@ def markov_draft(base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor,
     ieee = w2.dtype == torch.float32 or (w2.dtype == torch.bfloat16 and interpreted())
     pdl = use_pdl(base.device, r)
     warps = _warps(block)
+    turn = serpentine()
     for k in range(g):
         logits = probs[:, k]  # [R, V] view: the logits, then (in place) the slot's probs
         _markov_logits_kernel[(nb, triton.cdiv(r, BLOCK_R))](
             base[:, k], prev, w1, w2, temp, logits, m, s, i, r, v, nb, rank, base.stride(0), probs.stride(0),
-            stride_prev, w1.stride(0), w2.stride(0), ANY_GREEDY=any_greedy, BIAS_ROUND=bias_round,
+            stride_prev, w1.stride(0), w2.stride(0), int(turn and k % 2 == 1), ANY_GREEDY=any_greedy, BIAS_ROUND=bias_round,
             SUM_ROUND=sum_round, IEEE=ieee, RANK_PAD=max(16, triton.next_power_of_2(rank)), BLOCK=block, SUB=cfg.sub,
             BLOCK_R=BLOCK_R, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl)
         _probs_write_kernel[(r, nb)](logits, temp, m, s, i, logits, mass, v, nb, probs.stride(0), probs.stride(0), 1,
