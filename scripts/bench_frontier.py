@@ -61,7 +61,7 @@ import torch
 from dspark.cli.common import DEFAULT_DRAFT, DEFAULT_TARGET, load_target_checked, resolve_device, resolve_dtype_name
 from dspark.drafters.base import Drafter
 from dspark.engine.llm import LLM
-from dspark.engine.profile import output_budget
+from dspark.engine.profile import graph_count, output_budget
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
 from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
@@ -322,14 +322,17 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
         for c in args.concurrency:
             n = args.num_requests or max(8, 2 * c)
             run = run_closed_loop(llm, prompts, c, n, args.max_tokens, warmup_requests=args.warmup_requests,
-                                  temperature=args.temperature, seed=args.seed)
+                                  temperature=args.temperature, seed=args.seed, captures=lambda: graph_count(llm))
             point = run.point(spec.name)
-            point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm)}
+            caught, caught_s = run.window_captures()
+            point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm),
+                           "window_captures": caught, "window_capture_s": round(caught_s, 4)}
             points.append(point)
             runs.append(run)
             mem = f", {point.extra['mem_gib']} GiB held" if "mem_gib" in point.extra else ""
             printer.log(f"{spec.name} c={c}: {point.throughput:.1f} tok/s, {point.per_user_mean:.1f} tok/s/user, "
-                        f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s, {point.extra.get('graphs', 0)} graphs{mem}")
+                        f"verify {point.mean_verify:.2f}, {run.wall_s:.1f} s, {point.extra.get('graphs', 0)} graphs "
+                        f"({caught} captured in the measured window, {caught_s:.3f} s){mem}")
         if timer is not None:
             timer.restore(llm)
         sim = simulate_policy(spec, llm, prompts, points, runs, timer, args, printer) if args.simulate else None

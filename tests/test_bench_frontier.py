@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from dspark.errors import ConfigError
+from dspark.eval.closed_loop import ClosedLoopRun
 from dspark.eval.frontier import FrontierPoint, point_metrics, reference_speed, sla_summary
 from conftest import REPO
 
@@ -27,6 +28,14 @@ def test_point_metrics_follow_the_simulators_definitions():
     assert (p.mean_verify, p.tau, p.drafted) == (pytest.approx(4 / 3), 2.0, pytest.approx(2 / 3))
     with pytest.raises(ConfigError, match="non-empty"):
         point_metrics("x", 1, [], [], [], [], [], [])
+
+
+def test_graph_captures_inside_the_measured_window_are_counted():
+    # steps end at 1..6 s; the window runs from the first measured arrival (2.5) to the last finish (5.0)
+    run = ClosedLoopRun(1, arrival=[2.5, 3.0], finish=[4.0, 5.0], step_end=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+                        step_captures=[3, 0, 2, 0, 1, 4])
+    assert run.window_captures() == (3, pytest.approx(0.5 + 1.0))  # the step ending at 3 counts from 2.5
+    assert ClosedLoopRun(1, arrival=[0.0], finish=[1.0], step_end=[1.0]).window_captures() == (0, 0.0)
 
 
 def _point(policy: str, c: int, user: float, thr: float) -> FrontierPoint:
@@ -70,6 +79,7 @@ def test_bench_frontier_synthetic_random_pair(capsys, tmp_path):
     points = result["points"]
     assert [(p["policy"], p["concurrency"]) for p in points] == [(pol, c) for pol in ("none", "mtp1", "fixed:3") for c in (1, 2)]
     assert all(p["num_measured"] == 4 and p["throughput"] > 0 for p in points)
+    assert all(p["extra"]["window_captures"] == 0 for p in points)  # CPU: no CUDA graphs
     assert {p["policy"]: p["mean_verify"] for p in points if p["concurrency"] == 1} == {"none": 0, "mtp1": 1, "fixed:3": 3}
     assert len(result["sla"]) == 3 and plot.stat().st_size > 0
     assert json.loads((tmp_path / "f.json").read_text())["points"] == points

@@ -9,7 +9,9 @@ in arrival order, the first `warmup_requests` (default max(2C, 16)) are a warm-u
 measured, and arrivals continue until every measured request has finished, so the load stays at C
 throughout the measured window. Every request asks for exactly `max_tokens` tokens (ignore_eos). Times
 are host clock readings after each `LLM.step()` (which reads its results back once per step, so on a GPU
-the step has finished by then).
+the step has finished by then). With `captures` (the engine's CUDA-graph count) every step also records how
+many graphs it captured: `ClosedLoopRun.window_captures` says how many of them, and how much of the
+window's time, fell inside the measured window (a capture there is a step a warmed-up server would not pay).
 """
 
 from __future__ import annotations
@@ -43,7 +45,23 @@ class ClosedLoopRun:
     committed: list[int] = field(default_factory=list)
     drafted: list[bool] = field(default_factory=list)
     rounds: list[RoundRecord] = field(default_factory=list)  # the measured requests' rounds, as the engine recorded them
+    step_captures: list[int] = field(default_factory=list)  # CUDA graphs each step captured (empty: not counted)
+    start: float = 0.0  # clock at the first arrival
     wall_s: float = 0.0
+
+    def window_captures(self) -> tuple[int, float]:
+        """(graphs captured, seconds of the steps that captured) inside the measured window: from the first
+        measured arrival to the last measured finish."""
+        if not self.step_captures or not self.arrival:
+            return 0, 0.0
+        lo, hi = min(self.arrival), max(self.finish)
+        count, seconds, before = 0, 0.0, self.start
+        for end, got in zip(self.step_end, self.step_captures):
+            if got and lo < end <= hi:
+                count += got
+                seconds += end - max(before, lo)
+            before = end
+        return count, seconds
 
     def point(self, policy: str) -> FrontierPoint:
         return point_metrics(policy, self.concurrency, self.arrival, self.first, self.finish, self.num_tokens,
@@ -57,8 +75,10 @@ def default_warmup(concurrency: int) -> int:
 
 def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, num_requests: int, max_tokens: int, *,
                     warmup_requests: int | None = None, temperature: float = 1.0, seed: int = 0,
-                    clock: Callable[[], float] = time.perf_counter) -> ClosedLoopRun:
-    """Drive `llm` (idle) with a closed loop (see the module docstring); prompt i is ``prompts[i % len]``."""
+                    clock: Callable[[], float] = time.perf_counter, captures: Callable[[], int] | None = None
+                    ) -> ClosedLoopRun:
+    """Drive `llm` (idle) with a closed loop (see the module docstring); prompt i is ``prompts[i % len]``;
+    `captures`: the engine's CUDA-graph count, read after every step (`dspark.engine.profile.graph_count`)."""
     if not prompts:
         raise ConfigError("the closed loop needs at least one prompt")
     for name, value, low in (("concurrency", concurrency, 1), ("num_requests", num_requests, 1), ("max_tokens", max_tokens, 1)):
@@ -82,7 +102,8 @@ def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, nu
         live[rid], arrival[issued] = issued, now
         issued += 1
 
-    start = clock()
+    held = captures() if captures is not None else 0
+    start = run.start = clock()
     for _ in range(concurrency):
         issue(start)
     left = num_requests
@@ -90,6 +111,10 @@ def run_closed_loop(llm: LLM, prompts: Sequence[list[int]], concurrency: int, nu
         outputs = llm.step()
         now = clock()
         run.step_end.append(now)
+        if captures is not None:
+            count = captures()
+            run.step_captures.append(count - held)
+            held = count
         run.step_tokens.append(sum(len(o.new_token_ids) for o in outputs))
         for out in outputs:
             index = live.get(out.request_id)
