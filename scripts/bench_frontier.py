@@ -61,7 +61,7 @@ import torch
 from dspark.cli.common import DEFAULT_DRAFT, DEFAULT_TARGET, load_target_checked, resolve_device, resolve_dtype_name
 from dspark.drafters.base import Drafter
 from dspark.engine.llm import LLM
-from dspark.engine.profile import graph_count, output_budget
+from dspark.engine.profile import PROFILE_WIDTHS, graph_count, output_budget
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
 from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
@@ -267,7 +267,8 @@ def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace
     gamma = spec.drafter.config.num_drafts if spec.drafter is not None else 0
     top = max(args.concurrency)
     context = int(mean_prompt + args.max_tokens / 2)  # the planner's SPS table is profiled at the workload's context
-    seq_len = max(longest + args.max_tokens + gamma + 1, context + output_budget(gamma, 5, 3, 1))
+    # room for the start-up profile's requests at that context (`startup_profile`: its widths and the one of γ+1)
+    seq_len = max(longest + args.max_tokens + gamma + 1, context + output_budget(gamma, len(PROFILE_WIDTHS) + 1, 3, 1))
     num_pages = max(top * -(-seq_len // PAGE) + 1, 2048)
     # every policy gets the same room for prefill beside a full round of verify blocks
     budget = top * (gamma + 1) + max(2048, longest)
