@@ -48,6 +48,7 @@ is a benchmark of scheduling, NOT of losslessness: every line it prints says NOT
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import platform
@@ -65,9 +66,10 @@ from dspark.engine.profile import PROFILE_WIDTHS, graph_count, output_budget
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
 from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
-from dspark.eval.frontier import SLA_FRACTIONS, FrontierPoint, reference_speed, sla_summary
-from dspark.eval.sim_check import (EngineCosts, PlannerTimer, Workload, acceptance_from_rounds, compare, engine_cost,
-                                   max_errors, simulate_point)
+from dspark.eval.frontier import FrontierPoint, reference_speed, sla_summary
+from dspark.eval.plan_cost import PlannerTimer
+from dspark.eval.sim_check import (EngineCosts, Workload, acceptance_from_rounds, compare, engine_cost, max_errors,
+                                   simulate_point)
 from dspark.formats import load_drafter
 from dspark.scheduling import SPSTable, parse_policy
 from dspark.sim.acceptance import CurveAcceptance, trace_records
@@ -323,7 +325,7 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
         for c in args.concurrency:
             n = args.num_requests or max(8, 2 * c)
             run = run_closed_loop(llm, prompts, c, n, args.max_tokens, warmup_requests=args.warmup_requests,
-                                  temperature=args.temperature, seed=args.seed, captures=lambda: graph_count(llm))
+                                  temperature=args.temperature, seed=args.seed, captures=functools.partial(graph_count, llm))
             point = run.point(spec.name)
             caught, caught_s = run.window_captures()
             point.extra = {"wall_s": run.wall_s, "acceptance": label or "lossless", **graph_counts(llm),

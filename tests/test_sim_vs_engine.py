@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from dspark.errors import ConfigError
-from dspark.eval.sim_check import PlannerTimer, _fit_prefill, compare, max_errors
+from dspark.eval.plan_cost import PlannerTimer
+from dspark.eval.sim_check import compare, max_errors
+from dspark.eval.step_terms import _fit_prefill
 from dspark.scheduling import SPSTable
 from dspark.sim.acceptance import CurveAcceptance, TraceAcceptance, trace_records
 from dspark.sim.cost import MIN_CONTEXT_FACTOR, PrefillCost, RequestCurve, StepCost, pad_up
@@ -239,7 +241,8 @@ def test_engine_measurements_leave_the_engine_idle(tmp_path, monkeypatch):
     import torch
 
     from dspark.engine.llm import LLM
-    from dspark.eval.sim_check import graph_ladder, measure_context_cost, measure_prefill_cost, planner_table
+    from dspark.eval.sim_check import graph_ladder, planner_table
+    from dspark.eval.step_terms import measure_context_cost, measure_prefill_cost
     from dspark.targets.random_weights import random_drafter, random_target
 
     monkeypatch.setenv("DSPARK_CACHE", str(tmp_path / "cache"))

@@ -8,12 +8,12 @@ after its closed loops (`dspark.eval.closed_loop`):
    `profile_engine` at more request counts when the grid goes past the table's largest, so the
    simulator prices no step by extrapolation), plus the terms the table leaves out
    (`dspark.sim.cost.StepCost`), measured here on the same engine:
-   * `measure_prefill_cost`: what a prefill chunk adds to a step (steps with and without one new
-     request, timed with the profiler's own `median_seconds`, captures excluded);
-   * `measure_context_cost`: what a longer context adds per decoding row (`profile_engine` at the
-     table's context and at the workload's, one request count);
-   * `measure_plan_cost`: the planner's host time per drafted round beyond ``fixed:γ``'s, timed in the
-     closed loops themselves by a `PlannerTimer` standing in for the engine's planner;
+   * `dspark.eval.step_terms.measure_prefill_cost`: what a prefill chunk adds to a step (steps with and
+     without one new request, timed with the profiler's own `median_seconds`, captures excluded);
+   * `dspark.eval.step_terms.measure_context_cost`: what a longer context adds per decoding row
+     (`profile_engine` at the table's context and at the workload's, one request count);
+   * `dspark.eval.plan_cost.measure_plan_cost`: the planner's host time per drafted round beyond
+     ``fixed:γ``'s, timed in the closed loops themselves by a `PlannerTimer` standing in for the planner;
    * the CUDA-graph padding ladder of the engine's step (`graph_ladder`; None when it runs eagerly);
    * `dspark.eval.host_cost.measure_host_cost`: the serving loop's per-step excess over all of the
      above, by R (host work the profile's steady steps do not do), from a short calibration closed
@@ -38,24 +38,22 @@ Timings taken here are only as good as the machine: on a shared CPU they are noi
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 import json
 import logging
-import time
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dspark.errors import ConfigError, DSparkError
+from dspark.errors import DSparkError
+from dspark.eval.host_cost import measure_host_cost
+from dspark.eval.plan_cost import PlannerTimer, measure_plan_cost
+from dspark.eval.step_terms import PREFILL_REQUESTS, measure_context_cost, measure_prefill_cost, pages_fit
 from dspark.scheduling import SPSTable, parse_policy
 from dspark.scheduling.planner import NEEDS_SPS
 from dspark.sim.acceptance import AcceptanceModel, CurveAcceptance, TraceAcceptance, trace_records
-from dspark.eval.host_cost import measure_host_cost
-from dspark.sim.cost import PrefillCost, RequestCurve, StepCost
+from dspark.sim.cost import PrefillCost, StepCost
 from dspark.sim.engine import SimConfig, SimResult, simulate
 from dspark.sim.workload import Arrivals, LengthDist, LengthSequence
 
@@ -65,7 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PREFILL_REQUESTS = (0, 1, 4, 16, 64)  # decoding rows beside the measured prefill (0: a step of prefill alone)
 
 
 # ---------------------------------------------------------------------------------------------- costs
@@ -92,251 +89,6 @@ def price_table(table: SPSTable) -> SPSTable:
 def graph_ladder(llm: LLM) -> tuple[int, ...] | None:
     """The token / sequence ladder the engine's CUDA graphs pad decode steps to (None: eager steps)."""
     return llm.runner.graph_ladder()
-
-
-def _start_decoding(llm: LLM, num: int, context: int, max_tokens: int, rng: np.random.Generator, tag: str) -> list[str]:
-    """`num` requests of random `context`-token prompts, stepped until every one decodes (as `profile_engine`)."""
-    from dspark.engine.options import SamplingOptions
-    from dspark.scheduling.planner import VerifyPlanner
-
-    ids = [llm.add_request(rng.integers(0, llm.target.vocab_size, context).tolist(),
-                           SamplingOptions(max_tokens, temperature=1.0, seed=i, ignore_eos=True), request_id=f"{tag}-{i}")
-           for i in range(num)]
-    llm.scheduler.planner = VerifyPlanner(f"fixed:{llm.num_drafts}") if llm.num_drafts else VerifyPlanner("none")
-    while any(llm.request(i).in_prefill or not llm.request(i).output_ids for i in ids):
-        llm.step()
-    return ids
-
-
-def _drop(llm: LLM, ids: Sequence[str]) -> None:
-    for rid in ids:
-        llm.abort(rid)
-        llm.release(rid)
-    llm.step()  # hand the released state to the runner
-
-
-def _fit_prefill(rows: list[dict[str, float]]) -> PrefillCost:
-    """One mode's `PrefillCost` from its rows: per-token and per-chunk slopes (medians over R), then the
-    fixed part per R as the mean residual of its three measurements. Negative values (noise) become 0."""
-    token_s = max(0.0, float(np.median([(r["long"] - r["one"]) / r["prompt_len"] for r in rows])))
-    row_s = max(0.0, float(np.median([r["two"] - r["long"] for r in rows])))
-    fixed = []
-    for r in rows:
-        resid = [r["one"] - token_s * r["prompt_len"], r["long"] - 2 * token_s * r["prompt_len"],
-                 r["two"] - row_s - 2 * token_s * r["prompt_len"]]
-        fixed.append(max(0.0, float(np.mean(resid)) - r["base"]))
-    return PrefillCost(RequestCurve(tuple(int(r["requests"]) for r in rows), tuple(fixed)), row_s, token_s)
-
-
-def _pages_fit(llm: LLM, num: int, tokens: int, extra_tokens: int = 0) -> bool:
-    """Do `num` sequences of `tokens` tokens (and `extra_tokens` more in one sequence) fit the KV pool?"""
-    per = llm.blocks.pages_for(tokens + llm.num_drafts + 1)
-    return num * per + llm.blocks.pages_for(extra_tokens + llm.num_drafts + 1) <= llm.blocks.num_pages - 2
-
-
-def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PREFILL_REQUESTS, repeats: int = 3,
-                         warmup: int = 1, seed: int = 0) -> tuple[dict[str, PrefillCost], list[dict[str, float]]]:
-    """What a prefill chunk adds to an engine step, for steps that draft and steps that do not.
-
-    For each R in `requests` (those that fit max_num_seqs and the KV pool), R requests decode (as in
-    `profile_engine`, as long as max_model_len lets them last every timed step: `repeats` shrinks to fit);
-    then, under policy ``none`` (plain steps) and ``fixed:γ`` (drafted steps), the median step with
-    nothing else (`base`; 0 for R = 0), with one new request of L prompt tokens (`one`), of 2L (`long`)
-    and with two of L (`two`) is timed; every new request asks for one token, so it finishes in that
-    step (its first token sampled, its first proposal drafted in a drafted step) and is released.
-    L = `prompt_len`, capped so that R verify blocks and 2L prompt tokens fit one step. The fit:
-    `one` − base = step(R) + token_s·L, `long` adds token_s·L more, `two` adds row_s (`_fit_prefill`).
-    Returns {"plain": ..., "drafted": ...} (only "plain" without a drafter) and the raw rows.
-    """
-    import torch
-
-    from dspark.engine.options import SamplingOptions
-    from dspark.engine.profile import MAX_CAPTURE_RETRIES, graph_count, median_seconds
-    from dspark.scheduling.planner import VerifyPlanner
-
-    if llm.has_unfinished():
-        raise ConfigError("measure the prefill cost on an idle engine (requests are running)")
-    gamma, cfg = llm.num_drafts, llm.config
-    width = gamma + 1
-    modes = {"plain": "none", **({"drafted": f"fixed:{gamma}"} if gamma else {})}
-    while True:  # the decoding rows must last every timed step: fewer repeats where max_model_len is short
-        decode_tokens = (len(modes) * (4 * (warmup + repeats + MAX_CAPTURE_RETRIES) + 2) + 2) * width + 8
-        context = min(64, llm.max_model_len - decode_tokens - 2)
-        if context >= 1 or repeats + warmup <= 1:
-            break
-        repeats, warmup = max(1, repeats - 1), max(0, warmup - (repeats == 1))
-    if context < 1:
-        log.info("measure_prefill_cost: max_model_len %d is too short for decoding rows beside a prefill: "
-                 "steps of prefill alone only", llm.max_model_len)
-        requests = [0]
-    rng = np.random.default_rng(seed)
-    probe = itertools.count()
-    device = llm.runner.device
-    captures = functools.partial(graph_count, llm)  # a step that captured a graph is not timed
-    saved = llm.scheduler.planner
-    preempted = llm.scheduler.num_preemptions
-    raw: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-
-    def with_prefill(lengths: tuple[int, ...]) -> None:
-        rids = [llm.add_request(rng.integers(0, llm.target.vocab_size, n).tolist(),
-                                SamplingOptions(1, temperature=1.0, seed=0, ignore_eos=True),
-                                request_id=f"prefill-probe-{next(probe)}") for n in lengths]
-        llm.step()
-        for rid in rids:
-            llm.abort(rid)  # a no-op once it finished (it asked for one token)
-            llm.release(rid)
-
-    try:
-        with torch.no_grad():
-            for r in sorted({int(x) for x in requests if 0 <= int(x) <= cfg.max_num_seqs - 2}):
-                length = min(int(prompt_len), (cfg.max_num_batched_tokens - r * width) // 2, llm.max_model_len // 2 - 1)
-                if length < 1 or not _pages_fit(llm, r, context + decode_tokens, 4 * length):
-                    log.info("measure_prefill_cost: %d rows beside a prefill do not fit; skipped", r)
-                    continue
-                ids = _start_decoding(llm, r, context, decode_tokens, rng, f"prefill-rows-{r}") if r else []
-                for mode, policy in modes.items():
-                    llm.scheduler.planner = VerifyPlanner(policy)
-                    if r:
-                        llm.step()  # the right kind of drafts are waiting now
-                    row = {"requests": r, "prompt_len": length,
-                           "base": median_seconds(llm.step, device, repeats, warmup, captures) if r else 0.0}
-                    for key, lengths in (("one", (length,)), ("long", (2 * length,)), ("two", (length, length))):
-                        row[key] = median_seconds(lambda: with_prefill(lengths), device, repeats, warmup, captures)
-                    raw[mode].append(row)
-                _drop(llm, ids)
-    finally:
-        llm.scheduler.planner = saved
-        for rid in [rid for rid in llm.scheduler.requests if rid.startswith(("prefill-rows-", "prefill-probe-"))]:
-            llm.abort(rid)
-            llm.release(rid)
-    if llm.scheduler.num_preemptions != preempted:
-        log.warning("measure_prefill_cost: %d preemptions (KV pool too small): the prefill costs are off",
-                    llm.scheduler.num_preemptions - preempted)
-    if not any(raw.values()):
-        raise ConfigError("measure_prefill_cost: no request count fits max_num_seqs / max_num_batched_tokens")
-    costs = {mode: _fit_prefill(rows) for mode, rows in raw.items() if rows}
-    return costs, [{"mode": mode, **row} for mode, rows in raw.items() for row in rows]
-
-
-def measure_context_cost(llm: LLM, requests: int, contexts: tuple[int, int], repeats: int = 3, warmup: int = 1,
-                         seed: int = 0) -> tuple[float, float, list[dict]]:
-    """Seconds per decoding row per context token: (every step, extra in a drafted step) and the raw rows.
-
-    `profile_engine` at `requests` rows and the two `contexts`: plain steps give the first slope, drafted
-    steps' excess over plain the second (the drafter's attention over its context). Negative slopes
-    (noise) become 0.
-    """
-    from dspark.engine.profile import profile_engine
-
-    lo, hi = sorted(int(c) for c in contexts)
-    if lo < 1 or hi <= lo:
-        raise ConfigError(f"context cost needs two contexts 1 <= lo < hi, got {contexts}")
-    rows, steps = [], {}
-    for c in (lo, hi):
-        _, got = profile_engine(llm, requests=(requests,), widths=(1,), context=c, repeats=repeats, warmup=warmup,
-                                seed=seed, monotone=False)
-        summary = next(r for r in got if "plain_step_seconds" in r)
-        steps[c] = (summary["plain_step_seconds"], summary.get("drafted_step_seconds", summary["plain_step_seconds"]))
-        rows += [{"context": c, **r} for r in got]
-    scale = requests * (hi - lo)
-    plain = max(0.0, (steps[hi][0] - steps[lo][0]) / scale)
-    drafted = max(0.0, (steps[hi][1] - steps[lo][1]) / scale - plain)
-    return plain, drafted, rows
-
-
-def planner_seconds(policy: str, table: SPSTable, acceptance: AcceptanceModel, num_requests: int, repeats: int = 30,
-                    warmup: int = 5, seed: int = 0) -> float:
-    """Median host seconds of `should_draft(R)` + `plan(survival, confidences)` of a fresh planner of
-    `policy`, on rounds drawn from `acceptance` (a microbenchmark: in an engine step it runs slower)."""
-    from dspark.scheduling.planner import VerifyPlanner
-
-    rng = np.random.default_rng(seed)
-    planner = VerifyPlanner(policy, table)
-    times = []
-    for i in range(warmup + repeats):
-        conf, _ = acceptance.draw(num_requests, rng)
-        survival = np.cumprod(conf, axis=1)
-        t0 = time.perf_counter()
-        planner.should_draft(num_requests)
-        planner.plan(survival, conf)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-class PlannerTimer:
-    """Stands in for an engine's planner (``llm.scheduler.planner = PlannerTimer(planner)``) and records
-    the host time of every `should_draft` / `plan` call by request count, in the engine's own steps.
-
-    Everything else is the wrapped planner's (attributes pass through); `restore(llm)` puts it back.
-    """
-
-    def __init__(self, planner: Any) -> None:
-        self.inner = planner
-        self.gate: dict[int, list[float]] = defaultdict(list)
-        self.plans: dict[int, list[float]] = defaultdict(list)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def should_draft(self, num_requests: int) -> bool:
-        t0 = time.perf_counter()
-        out = self.inner.should_draft(num_requests)
-        self.gate[int(num_requests)].append(time.perf_counter() - t0)
-        return out
-
-    def plan(self, survival: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = self.inner.plan(survival, confidence)
-        self.plans[int(np.shape(survival)[0])].append(time.perf_counter() - t0)
-        return out
-
-    def install(self, llm: LLM) -> PlannerTimer:
-        llm.scheduler.planner = self
-        return self
-
-    def restore(self, llm: LLM) -> None:
-        if llm.scheduler.planner is self:
-            llm.scheduler.planner = self.inner
-
-    def curve(self, baseline: Any = None) -> RequestCurve | None:
-        """Mean seconds of a drafted round's planning (its `plan` call plus a `should_draft` call) by R, less
-        `baseline(R)` (what the table's profile already paid), at least 0; None before any `plan` call."""
-        rows = sorted(r for r in self.plans if r > 0)
-        if not rows:
-            return None
-        secs = []
-        for r in rows:
-            gate = float(np.mean(self.gate[r])) if self.gate.get(r) else 0.0
-            secs.append(max(0.0, float(np.mean(self.plans[r])) + gate - (baseline(r) if baseline else 0.0)))
-        return RequestCurve(tuple(rows), tuple(secs))
-
-
-def measure_plan_cost(policy: str, table: SPSTable, acceptance: AcceptanceModel | None, requests: Sequence[int],
-                      timer: PlannerTimer | None = None, seed: int = 0) -> RequestCurve | None:
-    """The planner's host time per drafted round beyond ``fixed:γ``'s (what the table's profile paid), by R.
-
-    From `timer` (the engine's own steps) when it saw any plan, else from `planner_seconds` at `requests`;
-    the ``fixed:γ`` part is a microbenchmark either way. None for ``fixed:K`` without a gate (it plans as
-    the profile's ``fixed:γ`` does), for a policy that never drafts, or without an acceptance model.
-    """
-    parsed = parse_policy(policy)
-    if acceptance is None or parsed.kind == "none" or (parsed.kind == "fixed" and not parsed.gate):
-        return None
-    base = f"fixed:{acceptance.gamma}"
-    cache: dict[int, float] = {}
-
-    def baseline(r: int) -> float:
-        if r not in cache:
-            cache[r] = planner_seconds(base, table, acceptance, r, seed=seed)
-        return cache[r]
-
-    got = timer.curve(baseline) if timer is not None else None
-    if got is not None:
-        return got
-    rows = sorted({max(1, int(r)) for r in requests})
-    return RequestCurve(tuple(rows), tuple(max(0.0, planner_seconds(policy, table, acceptance, r, seed=seed) - baseline(r))
-                                           for r in rows))
 
 
 @dataclass
@@ -404,7 +156,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
         ctx = int(table.meta.get("context", 64) or 64)
         growth = output_budget(llm.num_drafts, len(PROFILE_WIDTHS), 3, 1)  # what profile_engine's requests grow by
         wanted = sorted({r for r in [*beyond, *known] if 1 <= r <= llm.config.max_num_seqs
-                         and ctx + growth < llm.max_model_len and _pages_fit(llm, r, ctx + growth)})
+                         and ctx + growth < llm.max_model_len and pages_fit(llm, r, ctx + growth)})
         if wanted and wanted[-1] > known[-1]:
             got = _tried("re-profile", lambda: profile_engine(llm, requests=wanted, widths=PROFILE_WIDTHS, context=ctx,
                                                               repeats=3, warmup=1, seed=seed))
@@ -424,7 +176,7 @@ def engine_terms(llm: LLM, table: SPSTable, mean_prompt: float, mean_context: fl
         num = max(profiled or [min(16, llm.config.max_num_seqs)])
         budget = output_budget(llm.num_drafts, 2, 3, 1) + 8  # what profile_engine's requests grow by, and some room
         hi = int(min(mean_context, llm.max_model_len - budget))
-        while num > 1 and not _pages_fit(llm, num, hi + budget):
+        while num > 1 and not pages_fit(llm, num, hi + budget):
             num //= 2
         got = None
         if hi >= 2 * ctx_0:  # a difference that stands above the steps' noise
