@@ -103,8 +103,8 @@ def _context_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: 
 def _flat_update(plan: StepPlan, features: torch.Tensor | None, last_hidden: torch.Tensor, num_new: torch.Tensor,
                  anchors: torch.Tensor) -> FlatUpdate:
     """The step's flat positions for a `FlatChainAbsorber`: the token after flat position i is the step's token
-    i+1 up to its row's last committed position, whose next is the row's new anchor (the recovered / bonus or
-    first token, or a resumed prompt's next token)."""
+    i+1 up to its row's last committed position, whose next is the row's new anchor: the recovered / bonus or
+    first token, or the token after a prefill chunk where the host knows it (`known_anchor`)."""
     batch = plan.batch
     ids, starts = batch.input_ids, batch.query_start
     flat = torch.arange(ids.shape[0], device=ids.device)
