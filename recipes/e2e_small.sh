@@ -51,7 +51,7 @@
 # Frontier budget (estimated from docs/benchmarks/serving.md's first GPU grid: C <= 64, 128 tokens): a point
 # runs ~(W + N)/C + 1 request lifetimes of 256/τ steps (W warm-up, N measured requests); a drafted step costs
 # ~2.7 ms at C = 1, 8 ms at 16, 20 ms at 64 (eager prefill steps included), ~35-50 ms at 256 (extrapolated), a
-# plain one 1.6 / 2.1 / 3.8 ms. bench_frontier's defaults (W = max(2C, 16), N = max(8, 2C)) would take ~95 s a
+# plain one 1.6 / 2.1 / 3.8 ms. bench_frontier's defaults (W = max(2C, 16), N = max(16, 2C)) would take ~95 s a
 # drafted policy, ~19 min for the 12: not in a lease. So FRONTIER_WARMUP=1,4 (W = max(C, 4): a full lifetime
 # of warm-up at C >= 4, most batch shapes' graphs captured before the window) and FRONTIER_REQUESTS=8 (N = 8:
 # the window is the 8 measured requests' lifetime at full load; throughput counts every client's tokens in it,

@@ -9,7 +9,7 @@ For each policy (default: none, mtp1, fixed:3/5/7, dspark, dspark-async, each sp
 +gate) one engine (`dspark.engine.LLM`) is built in this process, one after the other, and for each
 concurrency C a closed loop runs on it (`dspark.eval.closed_loop`: C clients, each sending its next prompt
 when its last one finished; the first C requests are a warm-up, the next `--num-requests` (default
-max(8, 2C)) are measured; every request makes exactly `--max-tokens` tokens). Measured per point
+`measured_requests(C)` = max(16, 2C)) are measured; every request makes exactly `--max-tokens` tokens). Measured per point
 (`dspark.eval.frontier`, the simulator's definitions): throughput (output tokens/s over the measured
 window), per-user tokens/s (mean over requests of (tokens − 1) / (finish − first token)), TPOT p50/p99,
 TTFT p50, mean verify length ℓ per request-round, τ and the share of drafted rounds. Then, from each
@@ -132,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", help="prompt set name (gsm8k, mt-bench, ...) or JSONL file (default: random ids)")
     p.add_argument("--prompt-len", type=int, default=256, help="length of the random prompts")
     p.add_argument("--num-prompts", type=int, default=512, help="distinct prompts (cycled)")
-    p.add_argument("--num-requests", type=int, help="measured requests per point (default max(8, 2C))")
+    p.add_argument("--num-requests", type=int, help="measured requests per point (default max(16, 2C))")
     p.add_argument("--warmup-requests", type=int, help="warm-up requests per point (default max(2C, 16))")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -265,6 +265,13 @@ def prompt_set(args: argparse.Namespace, target: TargetModel) -> list[list[int]]
 
 
 # ---------------------------------------------------------------------------------------------- run
+def measured_requests(concurrency: int) -> int:
+    """Measured requests of a point by default: 2C, and at least 16, so that a point at low concurrency
+    measures a window of several seconds (8 requests at C = 4 made a ~1 s window on an H200, where the
+    same point moved 9% between leases)."""
+    return max(16, 2 * concurrency)
+
+
 def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int, mean_prompt: float) -> LLM:
     gamma = spec.drafter.config.num_drafts if spec.drafter is not None else 0
     top = max(args.concurrency)
@@ -323,7 +330,7 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
     timer = PlannerTimer(llm.scheduler.planner).install(llm) if args.simulate else None  # host time of the planning
     try:
         for c in args.concurrency:
-            n = args.num_requests or max(8, 2 * c)
+            n = args.num_requests or measured_requests(c)
             run = run_closed_loop(llm, prompts, c, n, args.max_tokens, warmup_requests=args.warmup_requests,
                                   temperature=args.temperature, seed=args.seed, captures=functools.partial(graph_count, llm))
             point = run.point(spec.name)
@@ -371,7 +378,7 @@ def simulate_policy(spec: EngineSpec, llm: LLM, prompts: list[list[int]], points
     rows = []
     for point in points:
         c = point.concurrency
-        n = args.num_requests or max(8, 2 * c)
+        n = args.num_requests or measured_requests(c)
         warm = default_warmup(c) if args.warmup_requests is None else args.warmup_requests
         sim = simulate_point(spec.policy, c, n, warm, work, costs.table, costs.cost, acceptance)
         base = simulate_point(spec.policy, c, n, warm, work, costs.table, costs.cost, acceptance, base=True)

@@ -63,7 +63,7 @@ def replay(sim_dir: Path, frontier: dict, pad_planner: bool = False) -> list[dic
                         step_budget(config, gamma), int(config.get("seed") or 0))
         for point in (p for p in frontier["points"] if p["policy"] == policy):
             c = int(point["concurrency"])
-            n = int(config.get("num_requests") or max(8, 2 * c))
+            n = int(config.get("num_requests") or point.get("num_measured") or max(8, 2 * c))  # as the run measured
             warm = default_warmup(c) if config.get("warmup_requests") is None else int(config["warmup_requests"])
             sim = simulate_point(policy, c, n, warm, work, table, cost, acceptance)
             rows.append({"policy": policy, "concurrency": c, "throughput": point["throughput"],
