@@ -28,7 +28,7 @@
 # The serpentine stage writes serpentine{1,0}.log (bench_markov, three configs) and engine_serpentine{1,0}.log
 # (bench_engine: 4B decode and the fused drafter at 1 and 8 rows) with DSPARK_MARKOV_SERPENTINE=1 / 0.
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
-# HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (200 s).
+# HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (260 s for the tests stage, 200 s for the others).
 set -eEuo pipefail
 trap 'echo "[$(date +%T)] FAILED (rc=$?): $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -43,9 +43,10 @@ stamp() { echo "[$(date +%T)] $*"; }
 if stage tests; then
   stamp "gpu tests"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/gpu_tests.log" 2>&1 || true
-  timeout "${TESTS_TIMEOUT:-200}" $PY -m pytest -m gpu -q -rf --durations=12 -p no:cacheprovider tests/test_drafter_fused.py \
+  timeout "${TESTS_TIMEOUT:-260}" $PY -m pytest -m gpu -q -rf --durations=12 -p no:cacheprovider tests/test_drafter_fused.py \
     tests/test_kernels_attention.py tests/test_graphed_target.py tests/test_engine_gpu.py tests/test_draft_kv.py \
-    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
+    tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_step_inputs.py tests/test_skinny_gemm.py \
+    tests/test_chain_flat_absorb.py tests/test_markov_sampling.py >> "$RES/gpu_tests.log" 2>&1 || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -15 "$RES/gpu_tests.log"
 fi
 if stage engine; then

@@ -72,3 +72,29 @@ def test_flat_chain_absorb_equals_per_row(target_and_map, method, policy):
     assert flat == per_row
     accepted = sum(a for _, rounds, _ in flat for _, a, _ in rounds)
     assert accepted > 0  # the drafter was taught: drafts pass, so a wrong context would show
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method,policy", [("mtp", "fixed:1"), ("eagle3", "fixed:4")])
+def test_gpu_chain_drafters_replay_graphs_equal_to_eager(method, policy):
+    """Real CUDA graphs of whole steps with the flat chain absorb (prefill chunks beside decoding rows) == the
+    eager runner, seeded sampling; every step replays a graph."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from conftest import tiny_drafter
+    from dspark import load_target
+
+    target = load_target("src/dspark/assets/tiny-target", dtype="float32", device="cuda")
+    drafter = tiny_drafter(target, method).to("cuda")
+    prompts = [*PROMPTS[:3], [(7 * i) % 200 + 1 for i in range(150)]]
+    got = []
+    for graphs in (True, False):
+        llm = LLM(target, drafter, policy=policy, page_size=16, max_num_seqs=8, max_num_batched_tokens=64,
+                  eos_token_ids=(-1,))
+        llm.runner = ModelRunner(target, drafter, llm.blocks.num_pages, 16, cuda_graphs=graphs, max_num_seqs=8,
+                                 max_num_batched_tokens=64)
+        got.append(run_staggered(llm, prompts, OPTIONS[: len(prompts)]))
+        if graphs:
+            assert llm.runner.step.num_graph_steps > 0 and llm.runner.step.num_eager_steps == 0
+    tokens = [(a, b) for (ga, _, _), (gb, _, _) in zip(*got) for a, b in zip(ga, gb)]
+    assert sum(a == b for a, b in tokens) / len(tokens) > 0.97  # fp32 on the GPU: TF32 may flip a near-tie
