@@ -26,7 +26,8 @@
 # with the fastest config, DSPARK_MARKOV_CONFIG). The mixed stage writes mixed_tests.log (the attention -m gpu
 # tests) and bench_mixed.log (scripts/bench_mixed.py: MIXED_MODEL (qwen3-8b), rows MIXED_ROWS (16,64,254)).
 # The serpentine stage writes serpentine{1,0}.log (bench_markov, three configs) and engine_serpentine{1,0}.log
-# (bench_engine: 4B decode and the fused drafter at 1 and 8 rows) with DSPARK_MARKOV_SERPENTINE=1 / 0.
+# (bench_engine: 4B decode and the fused drafter at 1 and 8 rows) with DSPARK_MARKOV_SERPENTINE=1 / 0, then
+# rowvec.log and engine_rowvec.log: the same at one row with DSPARK_MARKOV_ROWVEC=1 (no tl.dot).
 # Environment: STAGES ("tests engine host"), HOST_SHAPE (qwen3-8b), HOST_LAYERS (5), HOST_CONC (4,64),
 # HOST_POLICIES (fixed:7,dspark,dspark-async,dspark-async+gate), TESTS_TIMEOUT (260 s for the tests stage, 200 s for the others).
 set -eEuo pipefail
@@ -119,6 +120,14 @@ if stage serpentine; then
       || echo "bench_engine: rc=$?" >> "$RES/engine_serpentine$flag.log"
     grep -v '^{' "$RES/engine_serpentine$flag.log" | tail -10
   done
+  stamp "the one-row Markov loop without tl.dot (DSPARK_MARKOV_ROWVEC=1, serpentine on)"
+  DSPARK_MARKOV_ROWVEC=1 $PY scripts/bench_markov.py --rows 1 --configs "256,32,4,2;256,64,4,2;512,32,8,2" \
+    > "$RES/rowvec.log" 2>&1 || echo "bench_markov: rc=$?" >> "$RES/rowvec.log"
+  grep -v '^{' "$RES/rowvec.log" | tail -6
+  DSPARK_MARKOV_ROWVEC=1 $PY scripts/bench_engine.py --models qwen3-4b --contexts 1024 --decode-batches 1 \
+    --verify 8 --verify-batches 1 --drafter-batches 1 --drafter-path fused --no-diagnostics \
+    --out "$RES/engine_rowvec" > "$RES/engine_rowvec.log" 2>&1 || echo "bench_engine: rc=$?" >> "$RES/engine_rowvec.log"
+  grep -v '^{' "$RES/engine_rowvec.log" | tail -8
 fi
 if stage mixed; then
   stamp "mixed step: decode rows beside a prefill chunk, attention split vs one launch"

@@ -122,6 +122,16 @@ def test_serpentine_slots_keep_the_first_argmax_and_the_draws(monkeypatch):
     torch.testing.assert_close(got["1"][1], got["0"][1], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_row_without_tl_dot_matches_the_loop(dtype, monkeypatch):
+    # DSPARK_MARKOV_ROWVEC=1: a one-row loop sums float32 products along the rank instead of a 16-row tl.dot
+    monkeypatch.setenv("DSPARK_MARKOV_ROWVEC", "1")
+    assert markov_sampling.row_vector()
+    for temp in (1.0, 0.0):
+        base, anchor, w1, w2, u = inputs(1, 5, 700, 40, dtype, seed=11)
+        check_against_loop(base, anchor, w1, w2, [temp], u, block=128)
+
+
 def test_writes_into_the_callers_buffer_and_checks_its_input():
     base, anchor, w1, w2, u = inputs(2, 3, 200, 16, torch.float32, seed=4)
     temp = torch.ones(2)

@@ -73,6 +73,12 @@ def serpentine() -> bool:
     return os.environ.get("DSPARK_MARKOV_SERPENTINE", "1") != "0"
 
 
+def row_vector() -> bool:
+    """Whether a one-row loop runs one row a program without `tl.dot` (``DSPARK_MARKOV_ROWVEC=1``; default off until
+    measured: `tl.dot`'s 16-row tile wastes 15 rows of registers and operand staging at batch 1)."""
+    return os.environ.get("DSPARK_MARKOV_ROWVEC", "0") == "1"
+
+
 def default_config() -> Config:
     """`Config()`, or ``DSPARK_MARKOV_CONFIG`` when set."""
     text = os.environ.get("DSPARK_MARKOV_CONFIG")
@@ -96,10 +102,14 @@ def _round(x, MODE: tl.constexpr):
 
 @triton.jit
 def _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, V,
-                 BIAS_ROUND: tl.constexpr, SUM_ROUND: tl.constexpr, IEEE: tl.constexpr):
-    """One [BLOCK_R, SUB] tile: base + round(z Wᵀ), rounded as torch's sum; stored; returned (-inf off V)."""
+                 BIAS_ROUND: tl.constexpr, SUM_ROUND: tl.constexpr, IEEE: tl.constexpr, SUB: tl.constexpr,
+                 ROWVEC: tl.constexpr):
+    """One [BLOCK_R, SUB] tile: base + round(z Wᵀ), rounded as torch's sum; stored; returned (-inf off V).
+    ROWVEC (one row a program): float32 products summed along the rank, no `tl.dot` (whose smallest M is 16)."""
     c_ok = cols < V
-    if IEEE:  # float32 weights (exact products), or bfloat16 under the interpreter, whose bf16 dot is broken
+    if ROWVEC:
+        bias = tl.reshape(tl.sum(w.to(tl.float32) * z.to(tl.float32), 1), (1, SUB))
+    elif IEEE:  # float32 weights (exact products), or bfloat16 under the interpreter, whose bf16 dot is broken
         bias = tl.dot(z.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
     else:
         bias = tl.dot(z, tl.trans(w))
@@ -140,7 +150,8 @@ def _markov_logits_kernel(base_ptr, prev_ptr, w1_ptr, w2_ptr, temp_ptr, out_ptr,
     top = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     first = tl.full((BLOCK_R,), V, tl.int32)
     for j in range(BLOCK // SUB):
-        x = _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, V, BIAS_ROUND, SUM_ROUND, IEEE)
+        x = _tile_logits(z, w, base_ptr, out_ptr, rows, r_ok, cols, stride_b, stride_o, V, BIAS_ROUND, SUM_ROUND, IEEE,
+                         SUB, BLOCK_R == 1)
         nxt = cols + step  # the next tile streams in while this one's softmax runs (none after the block's last)
         w = tl.load(w2_ptr + nxt[:, None].to(tl.int64) * stride_w2 + rk[None, :],
                     mask=((nxt < V) & (j + 1 < BLOCK // SUB))[:, None] & k_ok[None, :], other=0.0)
@@ -227,13 +238,14 @@ def markov_draft(base: torch.Tensor, anchor_ids: torch.Tensor, w1: torch.Tensor,
     pdl = use_pdl(base.device, r)
     warps = _warps(block)
     turn = serpentine()
+    block_r = 1 if r == 1 and row_vector() else BLOCK_R
     for k in range(g):
         logits = probs[:, k]  # [R, V] view: the logits, then (in place) the slot's probs
-        _markov_logits_kernel[(nb, triton.cdiv(r, BLOCK_R))](
+        _markov_logits_kernel[(nb, triton.cdiv(r, block_r))](
             base[:, k], prev, w1, w2, temp, logits, m, s, i, r, v, nb, rank, base.stride(0), probs.stride(0),
             stride_prev, w1.stride(0), w2.stride(0), int(turn and k % 2 == 1), ANY_GREEDY=any_greedy, BIAS_ROUND=bias_round,
             SUM_ROUND=sum_round, IEEE=ieee, RANK_PAD=max(16, triton.next_power_of_2(rank)), BLOCK=block, SUB=cfg.sub,
-            BLOCK_R=BLOCK_R, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl)
+            BLOCK_R=block_r, USE_PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl)
         _probs_write_kernel[(r, nb)](logits, temp, m, s, i, logits, mass, v, nb, probs.stride(0), probs.stride(0), 1,
                                      ANY_GREEDY=any_greedy, BLOCK=block, NB_PAD=triton.next_power_of_2(nb), MASS=True,
                                      USE_PDL=pdl, num_warps=warps, launch_pdl=pdl)
