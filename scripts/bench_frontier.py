@@ -21,7 +21,11 @@ Policies: ``none`` runs no drafter. ``mtp1`` runs an MTP-1 drafter (one layer, o
 `--mtp-drafter DIR`, or the main drafter when it is MTP-1, or (with synthetic acceptance) ``random``, an
 MTP-1 module of random weights fitted to the target; without one, ``mtp1`` is left out of the default
 list (fixed:1 on a γ-slot drafter is not MTP-1: it pays the whole drafter's cost). Policies needing an
-SPS table take `--sps FILE` (else the engine profiles itself at start and caches the table).
+SPS table take `--sps FILE`; else the table is profiled (and cached, `dspark.engine.profile.table_for`)
+on a throwaway engine of the same drafter and options, freed before the policy's own engine is built,
+so every measured engine starts alike, without a profile's graphs and requests behind it
+(`--profile-in-engine`: the policy's engine profiles itself at start, as `dspark serve` does; on an
+H200 in session 14 such an engine served C = 1 at 0.89x the speed of one that did not).
 
 `--simulate` holds the simulator against every point (`dspark.eval.sim_check`): after a policy's closed
 loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none;
@@ -54,7 +58,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -62,7 +66,7 @@ import torch
 from dspark.cli.common import DEFAULT_DRAFT, DEFAULT_TARGET, load_target_checked, resolve_device, resolve_dtype_name
 from dspark.drafters.base import Drafter
 from dspark.engine.llm import LLM
-from dspark.engine.profile import PROFILE_WIDTHS, graph_count, output_budget
+from dspark.engine.profile import PROFILE_WIDTHS, graph_count, output_budget, table_for
 from dspark.engine.synthetic import NOT_LOSSLESS
 from dspark.errors import ConfigError, DSparkError
 from dspark.eval.closed_loop import ClosedLoopRun, default_warmup, run_closed_loop
@@ -72,6 +76,7 @@ from dspark.eval.sim_check import (EngineCosts, Workload, acceptance_from_rounds
                                    simulate_point)
 from dspark.formats import load_drafter
 from dspark.scheduling import SPSTable, parse_policy
+from dspark.scheduling.planner import NEEDS_SPS
 from dspark.sim.acceptance import CurveAcceptance, trace_records
 from dspark.targets.adapter import TargetModel
 from dspark.targets.random_weights import random_drafter, random_target
@@ -140,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mtp-synthetic-acceptance", metavar="PRESET|FILE", help="the mtp1 engine's (default mtp/DOMAIN)")
     p.add_argument("--sps", help="SPS table JSON for dspark / dspark-async / +gate (default: profiled, cached)")
     p.add_argument("--mtp-sps", help="SPS table JSON for mtp1+gate")
+    p.add_argument("--profile-in-engine", action="store_true", help="a policy's engine profiles its own SPS table "
+                   "at start (default: a throwaway engine profiles it first)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--runner", default="auto", choices=["auto", "model", "hf"])
@@ -319,6 +326,27 @@ def memory_report(printer: Printer, top: int = 15) -> None:
     ranked = sorted(sizes.items(), key=lambda kv: -sum(kv[1]))[:top]
     for (dtype, shape), nbytes in ranked:
         printer.log(f"  {len(nbytes):5d} x {dtype} {list(shape)}: {sum(nbytes) / 2**30:.2f} GiB (storage)")
+
+
+def profile_apart(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int,
+                  mean_prompt: float, tables: dict[int, SPSTable]) -> EngineSpec:
+    """`spec` with the SPS table its planner reads, profiled on a throwaway engine (once per drafter, kept
+    in `tables`), when it needs one and none was given; otherwise `spec` itself."""
+    parsed = parse_policy(spec.policy)
+    if spec.sps is not None or spec.drafter is None or not (parsed.kind in NEEDS_SPS or parsed.gate):
+        return spec
+    key = id(spec.drafter)
+    if key not in tables:
+        gamma = spec.drafter.config.num_drafts
+        llm = build_engine(replace(spec, policy=f"fixed:{gamma}"), target, args, longest, mean_prompt)
+        try:
+            tables[key] = table_for(llm)
+        finally:
+            del llm
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return replace(spec, sps=tables[key])
 
 
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
@@ -506,7 +534,11 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.memory._record_memory_history(max_entries=200_000)
         target, drafter, device, dtype = load_models(args)
         prompts = prompt_set(args, target)
+        longest, mean_prompt = max(len(p) for p in prompts), float(np.mean([len(p) for p in prompts]))
+        tables: dict[int, SPSTable] = {}
         for spec in engine_specs(args, target, drafter, printer):
+            if not args.profile_in_engine:
+                spec = profile_apart(spec, target, args, longest, mean_prompt, tables)
             got, labels[spec.name], sim = run_policy(spec, target, prompts, args, printer)
             points += got
             if sims is not None and sim is not None:

@@ -93,3 +93,18 @@ def test_bench_frontier_real_pair_from_a_prompt_file(capsys, tmp_path):
     assert {p["policy"] for p in result["points"]} == {"none", "fixed:2"}
     assert bench_frontier.main(["--target", "random:tiny", "--policies", "none"]) == 2
     assert "--synthetic-acceptance" in capsys.readouterr().err
+
+
+def test_table_reading_policies_get_a_table_profiled_on_a_throwaway_engine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_CACHE", str(tmp_path / "cache"))
+    args = bench_frontier.parse_args(["--target", "random:tiny", "--drafter", "random:1", "--synthetic-acceptance",
+                                      "dspark/code", "--policies", "fixed:3,dspark-async,dspark-async+gate",
+                                      "--concurrency", "1,2", "--max-tokens", "8", "--torch-threads", "1"])
+    target, drafter, _, _ = bench_frontier.load_models(args)
+    specs = bench_frontier.engine_specs(args, target, drafter, bench_frontier.Printer(True))
+    tables: dict = {}
+    got = [bench_frontier.profile_apart(s, target, args, 6, 6.0, tables) for s in specs]
+    assert got[0] is specs[0] and got[0].sps is None  # fixed:3 plans without a table
+    assert got[1].sps is not None and got[2].sps is got[1].sps  # one profile for the drafter, shared
+    assert [s.policy for s in got] == ["fixed:3", "dspark-async", "dspark-async+gate"]
+    assert len(list((tmp_path / "cache" / "sps").glob("*.json"))) == 1  # cached as `dspark serve` would find it

@@ -69,13 +69,14 @@ class Config:
 def serpentine() -> bool:
     """Whether odd slots stream their W2 tiles last to first (default; ``DSPARK_MARKOV_SERPENTINE=0``: every slot
     first to last). W2 (V x rank: 78 MB at V = 151,936, rank 256) does not fit an H200's 50 MB L2, but each
-    program's tiles read last in one slot are read first in the next, while they may still be in L2."""
+    program's tiles read last in one slot are read first in the next, while they may still be in L2 (measured on an
+    H200, session 14: the loop 5.6% faster at one row, 5.0% at 8, docs/benchmarks/engine.md)."""
     return os.environ.get("DSPARK_MARKOV_SERPENTINE", "1") != "0"
 
 
 def row_vector() -> bool:
-    """Whether a one-row loop runs one row a program without `tl.dot` (``DSPARK_MARKOV_ROWVEC=1``; default off until
-    measured: `tl.dot`'s 16-row tile wastes 15 rows of registers and operand staging at batch 1)."""
+    """Whether a one-row loop runs one row a program without `tl.dot` (``DSPARK_MARKOV_ROWVEC=1``; default off:
+    measured 22% slower than the `tl.dot` loop at batch 1 on an H200, session 14, docs/benchmarks/engine.md)."""
     return os.environ.get("DSPARK_MARKOV_ROWVEC", "0") == "1"
 
 
