@@ -20,6 +20,9 @@
 # The mixed-step attention split (decode rows and prefill chunks in two launches) on vs off, same lease:
 #   STAGES=frontier POLICIES=none,dspark-async CONCURRENCY=64,256 bash recipes/frontier_8b.sh            # split
 #   DSPARK_SPLIT_MIXED=0 STAGES=frontier POLICIES=none,dspark-async CONCURRENCY=64,256 bash recipes/frontier_8b.sh
+# Does an engine that profiled its own SPS table at start serve slower (serving.md, session 14)? One call, ~4 min:
+#   STAGES=profile_ab bash recipes/frontier_8b.sh   # gate + fixed:7 at C = 1, 4: table profiled apart, then in-engine
+# (writes profile_apart.{log,json}, profile_in_engine.{log,json}; no simulator).
 # Environment: POLICIES (none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate), CONCURRENCY
 # (1,4,16,64,256), MAX_TOKENS (256), PROMPT_LEN (192: random ids, the random target has no tokenizer),
 # TEMPERATURE (1), SHAPE (qwen3-8b), LAYERS (5), FRONTIER_TIMEOUT (560 s), EXTRA (more bench_frontier flags).
@@ -41,6 +44,21 @@ if stage tests; then
     tests/test_sampling_triton.py tests/test_graphed_step.py tests/test_kernels_attention.py >> "$RES/gpu_tests.log" 2>&1 \
     || echo "gpu tests: rc=$?" >> "$RES/gpu_tests.log"
   tail -25 "$RES/gpu_tests.log"
+fi
+
+if stage profile_ab; then
+  for mode in apart in_engine; do
+    flag=""; [ "$mode" = in_engine ] && flag=--profile-in-engine
+    stamp "profile A/B: the SPS table profiled $mode"
+    # a fresh cache each way, so both profile (the in-engine one inside the gate's own engine)
+    DSPARK_CACHE=$PWD/runs/cache_$mode timeout "${AB_TIMEOUT:-270}" $PY scripts/bench_frontier.py \
+      --target "random:${SHAPE:-qwen3-8b}" --drafter "random:${LAYERS:-5}" --synthetic-acceptance dspark/math \
+      --policies "${AB_POLICIES:-dspark-async+gate,fixed:7}" --concurrency "${AB_CONCURRENCY:-1,4}" \
+      --max-tokens "${MAX_TOKENS:-256}" --prompt-len "${PROMPT_LEN:-192}" --temperature "${TEMPERATURE:-1}" \
+      --dtype bfloat16 $flag --json-out "$RES/profile_$mode.json" > "$RES/profile_$mode.log" 2>&1 \
+      || echo "bench_frontier: rc=$?" >> "$RES/profile_$mode.log"
+    grep -E " c=[0-9]+:" "$RES/profile_$mode.log" || tail -5 "$RES/profile_$mode.log"
+  done
 fi
 
 if stage frontier; then
