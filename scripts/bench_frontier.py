@@ -25,7 +25,7 @@ SPS table take `--sps FILE`; else the table is profiled (and cached, `dspark.eng
 on a throwaway engine of the same drafter and options, freed before the policy's own engine is built,
 so every measured engine starts alike, without a profile's graphs and requests behind it
 (`--profile-in-engine`: the policy's engine profiles itself at start, as `dspark serve` does; on an
-H200 in session 14 such an engine served C = 1 at 0.89x the speed of one that did not).
+H200 in session 14 such an engine served C = 1 at 0.89x the speed of one that did not, in another lease).
 
 `--simulate` holds the simulator against every point (`dspark.eval.sim_check`): after a policy's closed
 loops, its engine's SPS table (the planner's; `table_for`'s profile for policies that need none;
