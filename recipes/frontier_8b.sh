@@ -23,6 +23,8 @@
 # Does an engine that profiled its own SPS table at start serve slower (serving.md, session 14)? One call, ~4 min:
 #   STAGES=profile_ab bash recipes/frontier_8b.sh   # gate + fixed:7 at C = 1, 4: table profiled apart, then in-engine
 # (writes profile_apart.{log,json}, profile_in_engine.{log,json}; no simulator).
+#   STAGES=gate_ab SPS=.carry/sps/8b.sps.json bash recipes/frontier_8b.sh   # gate vs fixed:7, ABBA x REPEATS (3)
+# (writes gate_ab.{log,json}; SPS optional: without it the table is profiled on a throwaway engine first).
 # Environment: POLICIES (none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate), CONCURRENCY
 # (1,4,16,64,256), MAX_TOKENS (256), PROMPT_LEN (192: random ids, the random target has no tokenizer),
 # TEMPERATURE (1), SHAPE (qwen3-8b), LAYERS (5), FRONTIER_TIMEOUT (560 s), EXTRA (more bench_frontier flags).
@@ -59,6 +61,19 @@ if stage profile_ab; then
       || echo "bench_frontier: rc=$?" >> "$RES/profile_$mode.log"
     grep -E " c=[0-9]+:" "$RES/profile_$mode.log" || tail -5 "$RES/profile_$mode.log"
   done
+fi
+
+if stage gate_ab; then
+  # the gate against its closest rival in ONE process, ABBA repeats (--repeats), each point its median repeat:
+  # session 15 found 2-3% between two runs of one policy, the size of the 0.97x margin being tested
+  stamp "gate A/B: ${AB_POLICIES:-dspark-async+gate,fixed:7} x ${REPEATS:-3} repeats at C = ${AB_CONCURRENCY:-1,4,16}"
+  sps=""; [ -n "${SPS:-}" ] && sps="--sps $SPS"
+  timeout "${AB_TIMEOUT:-540}" $PY scripts/bench_frontier.py --target "random:${SHAPE:-qwen3-8b}" \
+    --drafter "random:${LAYERS:-5}" --synthetic-acceptance dspark/math --policies "${AB_POLICIES:-dspark-async+gate,fixed:7}" \
+    --concurrency "${AB_CONCURRENCY:-1,4,16}" --repeats "${REPEATS:-3}" --max-tokens "${MAX_TOKENS:-256}" \
+    --prompt-len "${PROMPT_LEN:-192}" --temperature "${TEMPERATURE:-1}" --dtype bfloat16 $sps \
+    --json-out "$RES/gate_ab.json" > "$RES/gate_ab.log" 2>&1 || echo "bench_frontier: rc=$?" >> "$RES/gate_ab.log"
+  grep -E " c=[0-9]+:" "$RES/gate_ab.log" || tail -5 "$RES/gate_ab.log"
 fi
 
 if stage frontier; then

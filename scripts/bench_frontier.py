@@ -9,7 +9,10 @@ For each policy (default: none, mtp1, fixed:3/5/7, dspark, dspark-async, each sp
 +gate) one engine (`dspark.engine.LLM`) is built in this process, one after the other, and for each
 concurrency C a closed loop runs on it (`dspark.eval.closed_loop`: C clients, each sending its next prompt
 when its last one finished; the first C requests are a warm-up, the next `--num-requests` (default
-`measured_requests(C)` = max(16, 2C)) are measured; every request makes exactly `--max-tokens` tokens). Measured per point
+`measured_requests(C)`: max(32, 4C) up to C = 16, 2C above) are measured; every request makes exactly
+`--max-tokens` tokens; `--repeats N` runs the whole policy list N times, in reverse order every other
+round, and keeps each point's median-throughput repeat, so that two close policies are compared across
+the drift of one lease rather than one window each). Measured per point
 (`dspark.eval.frontier`, the simulator's definitions): throughput (output tokens/s over the measured
 window), per-user tokens/s (mean over requests of (tokens − 1) / (finish − first token)), TPOT p50/p99,
 TTFT p50, mean verify length ℓ per request-round, τ and the share of drafted rounds. Then, from each
@@ -137,7 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompts", help="prompt set name (gsm8k, mt-bench, ...) or JSONL file (default: random ids)")
     p.add_argument("--prompt-len", type=int, default=256, help="length of the random prompts")
     p.add_argument("--num-prompts", type=int, default=512, help="distinct prompts (cycled)")
-    p.add_argument("--num-requests", type=int, help="measured requests per point (default max(16, 2C))")
+    p.add_argument("--num-requests", type=int, help="measured requests per point (default max(32, 4C) up to C = 16, "
+                   "2C above)")
+    p.add_argument("--repeats", type=int, default=1, help="run every policy this many times, the order reversed on "
+                   "every other round (ABBA); each point reports its median-throughput repeat, the JSON every repeat")
     p.add_argument("--warmup-requests", type=int, help="warm-up requests per point (default max(2C, 16))")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -273,10 +279,28 @@ def prompt_set(args: argparse.Namespace, target: TargetModel) -> list[list[int]]
 
 # ---------------------------------------------------------------------------------------------- run
 def measured_requests(concurrency: int) -> int:
-    """Measured requests of a point by default: 2C, and at least 16, so that a point at low concurrency
-    measures a window of several seconds (8 requests at C = 4 made a ~1 s window on an H200, where the
-    same point moved 9% between leases)."""
-    return max(16, 2 * concurrency)
+    """Measured requests of a point by default: 4C and at least 32 up to C = 16, 2C above, so that a
+    point at low concurrency measures a window of several seconds (8 requests at C = 4 made a ~1 s window
+    on an H200, where the same point moved 9% between leases; 16 at C = 1 and 32 at C = 4 still left 2-3%
+    between two runs of one policy in session 15)."""
+    return max(32, 4 * concurrency) if concurrency <= 16 else 2 * concurrency
+
+
+def median_points(rounds: list[list[FrontierPoint]]) -> list[FrontierPoint]:
+    """One point per (policy, concurrency) from several repeats of the grid: the repeat whose throughput is
+    the median (the lower middle one for an even count), in the first round's order, each with every
+    repeat's throughput in ``extra['repeat_throughput']``."""
+    by_key: dict[tuple[str, int], list[FrontierPoint]] = {}
+    for points in rounds:
+        for p in points:
+            by_key.setdefault((p.policy, p.concurrency), []).append(p)
+    out = []
+    for key, group in by_key.items():
+        ranked = sorted(group, key=lambda p: p.throughput)
+        chosen = ranked[(len(ranked) - 1) // 2]
+        chosen.extra = {**chosen.extra, "repeat_throughput": [round(p.throughput, 3) for p in group]}
+        out.append(chosen)
+    return out
 
 
 def build_engine(spec: EngineSpec, target: TargetModel, args: argparse.Namespace, longest: int, mean_prompt: float) -> LLM:
@@ -350,12 +374,12 @@ def profile_apart(spec: EngineSpec, target: TargetModel, args: argparse.Namespac
 
 
 def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], args: argparse.Namespace,
-               printer: Printer) -> tuple[list[FrontierPoint], str | None, dict | None]:
-    """The policy's closed loops on its own engine; with --simulate also the simulator's rows for them."""
+               printer: Printer, simulate: bool = False) -> tuple[list[FrontierPoint], str | None, dict | None]:
+    """The policy's closed loops on its own engine; with `simulate` also the simulator's rows for them."""
     llm = build_engine(spec, target, args, max(len(p) for p in prompts), float(np.mean([len(p) for p in prompts])))
     label = llm.synthetic_label
     points, runs = [], []
-    timer = PlannerTimer(llm.scheduler.planner).install(llm) if args.simulate else None  # host time of the planning
+    timer = PlannerTimer(llm.scheduler.planner).install(llm) if simulate else None  # host time of the planning
     try:
         for c in args.concurrency:
             n = args.num_requests or measured_requests(c)
@@ -373,7 +397,7 @@ def run_policy(spec: EngineSpec, target: TargetModel, prompts: list[list[int]], 
                         f"({caught} captured in the measured window, {caught_s:.3f} s){mem}")
         if timer is not None:
             timer.restore(llm)
-        sim = simulate_policy(spec, llm, prompts, points, runs, timer, args, printer) if args.simulate else None
+        sim = simulate_policy(spec, llm, prompts, points, runs, timer, args, printer) if simulate else None
     except torch.cuda.OutOfMemoryError:
         memory_report(printer)
         if args.memory_snapshot:
@@ -535,15 +559,23 @@ def main(argv: list[str] | None = None) -> int:
         target, drafter, device, dtype = load_models(args)
         prompts = prompt_set(args, target)
         longest, mean_prompt = max(len(p) for p in prompts), float(np.mean([len(p) for p in prompts]))
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
         tables: dict[int, SPSTable] = {}
-        for spec in engine_specs(args, target, drafter, printer):
-            if not args.profile_in_engine:
-                spec = profile_apart(spec, target, args, longest, mean_prompt, tables)
-            got, labels[spec.name], sim = run_policy(spec, target, prompts, args, printer)
-            points += got
-            if sims is not None and sim is not None:
-                sims[spec.name] = sim
-            write_json(args.json_out, summary(args, points, labels, device, dtype, time.time() - t0, sims))
+        specs = engine_specs(args, target, drafter, printer)
+        rounds: list[list[FrontierPoint]] = []
+        for r in range(args.repeats):
+            rounds.append([])
+            for spec in (specs if r % 2 == 0 else specs[::-1]):
+                if not args.profile_in_engine:
+                    spec = profile_apart(spec, target, args, longest, mean_prompt, tables)
+                got, labels[spec.name], sim = run_policy(spec, target, prompts, args, printer,
+                                                         simulate=args.simulate and r == 0)
+                rounds[-1] += got
+                if sims is not None and sim is not None:
+                    sims[spec.name] = sim
+                points = median_points(rounds)
+                write_json(args.json_out, summary(args, points, labels, device, dtype, time.time() - t0, sims))
         result = summary(args, points, labels, device, dtype, time.time() - t0, sims)
     except DSparkError as exc:
         print(f"bench_frontier: error: {exc}", file=sys.stderr)

@@ -88,11 +88,27 @@ def test_bench_frontier_synthetic_random_pair(capsys, tmp_path):
 def test_bench_frontier_real_pair_from_a_prompt_file(capsys, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"input_ids": [1 + i, 2, 3, 4]}) + "\n" for i in range(5)))
-    lines, result = run_script(capsys, "--policies", "none,fixed:2", "--prompts", str(prompts))
+    lines, result = run_script(capsys, "--policies", "none,fixed:2", "--prompts", str(prompts), "--repeats", "3")
     assert result["lossless"] is True and not any("NOT lossless" in line for line in lines)
-    assert {p["policy"] for p in result["points"]} == {"none", "fixed:2"}
+    assert [(p["policy"], p["concurrency"]) for p in result["points"]] == [("none", 1), ("none", 2), ("fixed:2", 1),
+                                                                           ("fixed:2", 2)]
+    assert all(len(p["extra"]["repeat_throughput"]) == 3 for p in result["points"])  # three rounds, ABBA order
+    assert bench_frontier.main(["--policies", "none", "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err
     assert bench_frontier.main(["--target", "random:tiny", "--policies", "none"]) == 2
     assert "--synthetic-acceptance" in capsys.readouterr().err
+
+
+def test_median_points_keep_the_median_repeat_in_first_round_order():
+    rounds = [[_point("a", 1, 10, 5.0), _point("b", 1, 10, 9.0)], [_point("b", 1, 10, 7.0), _point("a", 1, 10, 3.0)],
+              [_point("a", 1, 10, 4.0), _point("b", 1, 10, 8.0)]]
+    got = bench_frontier.median_points(rounds)
+    assert [(p.policy, p.throughput) for p in got] == [("a", 4.0), ("b", 8.0)]
+    assert got[0].extra["repeat_throughput"] == [5.0, 3.0, 4.0]
+    two = bench_frontier.median_points(rounds[:2])
+    assert [p.throughput for p in two] == [3.0, 7.0]  # an even count: the lower middle one
+    assert bench_frontier.measured_requests(1) == 32 and bench_frontier.measured_requests(16) == 64
+    assert bench_frontier.measured_requests(64) == 128
 
 
 def test_table_reading_policies_get_a_table_profiled_on_a_throwaway_engine(tmp_path, monkeypatch):
