@@ -225,6 +225,8 @@ def gpu_drafter(layers: int = 2) -> DSparkDrafter:
 
 @pytest.mark.gpu
 def test_gpu_fused_bf16_matches_plain_and_captures():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     drafter = gpu_drafter()
     c = drafter.config
     rows, ctx = 4, [1000, 700, 64, 1]
