@@ -1,6 +1,6 @@
 """Replay a frontier run's simulator inputs offline, against the points that run measured (CPU, seconds).
 
-    python scripts/sim_replay.py --sim-dir runs/sim8b --frontier frontier8b.json
+    python scripts/sim_replay.py --sim-dir runs/sim8b --frontier frontier8b.json [--refit]
 
 `scripts/bench_frontier.py --simulate --sim-dir DIR` keeps, per policy, the planner's SPS table
 (POLICY.sps.json), the measured step-cost terms (POLICY.cost.json, and POLICY.cost.sps.json when the step
@@ -8,7 +8,9 @@ prices came from a re-profiled table) and the trace of its engine's rounds (POLI
 script simulates every measured point of `--frontier` (its JSON) again from those files, as the run did
 (`dspark.eval.sim_check.simulate_point`: chunked prefill within the run's step budget, the censored rounds
 continued at their confidences), and prints measured against simulated throughput and per-user speed
-with the relative errors, then ONE JSON line. What it cannot replay: state the files do not hold (the
+with the relative errors, then ONE JSON line. `--refit` fits the host term again from the cost file's raw
+rows as `dspark.eval.host_cost` does today (signed), to see what that does to an old run without the GPU.
+What it cannot replay: state the files do not hold (the
 planner's live overhead is not saved; the simulator prices steps without it anyway, `price_table`).
 Synthetic-acceptance runs stay NOT lossless: their label is printed with every row.
 """
@@ -16,15 +18,17 @@ Synthetic-acceptance runs stay NOT lossless: their label is printed with every r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from dspark.eval.closed_loop import default_warmup
+from dspark.eval.host_cost import MIN_STEPS
 from dspark.eval.sim_check import NO_DRAFTS, Workload, simulate_point
 from dspark.scheduling.sps_table import SPSTable
 from dspark.sim.acceptance import TraceAcceptance
-from dspark.sim.cost import StepCost
+from dspark.sim.cost import RequestCurve, StepCost
 
 
 def stem(policy: str) -> str:
@@ -37,9 +41,20 @@ def step_budget(config: dict, gamma: int) -> int:
     return max(config["concurrency"]) * (gamma + 1) + max(2048, int(config.get("prompt_len") or 0))
 
 
-def replay(sim_dir: Path, frontier: dict, pad_planner: bool = False) -> list[dict]:
+def refit(cost: StepCost, rows: dict[str, list[dict]]) -> StepCost:
+    """`cost` with its host term fitted again from the raw `rows` of its cost file, signed (runs before
+    session 16 clipped it at 0)."""
+    host = [r for r in rows.get("host", []) if r["steps"] >= MIN_STEPS]
+    if not host:
+        return cost
+    curve = RequestCurve(tuple(r["requests"] for r in host), tuple(r["trimmed_s"] for r in host), signed=True)
+    return dataclasses.replace(cost, host=curve)
+
+
+def replay(sim_dir: Path, frontier: dict, pad_planner: bool = False, refit_terms: bool = False) -> list[dict]:
     """Every measured point simulated again; `pad_planner`: the planner reads its table padded up the cost
-    file's CUDA-graph ladder (what engines since session 12 do; a run's table then already holds it)."""
+    file's CUDA-graph ladder (what engines since session 12 do; a run's table then already holds it);
+    `refit_terms`: the host term fitted again from the raw rows (`refit`)."""
     config = frontier["config"]
     prompt = int(config.get("prompt_len") or 0)
     if prompt <= 0:
@@ -53,12 +68,15 @@ def replay(sim_dir: Path, frontier: dict, pad_planner: bool = False) -> list[dic
             continue
         table = SPSTable.load(table_path)
         priced = SPSTable.load(sim_dir / f"{s}.cost.sps.json") if (sim_dir / f"{s}.cost.sps.json").is_file() else table
-        cost = StepCost.from_dict(priced, json.loads(cost_path.read_text())["cost"])
+        saved = json.loads(cost_path.read_text())
+        cost = StepCost.from_dict(priced, saved["cost"])
         if pad_planner and cost.ladder and not table.ladder:
             table = table.with_ladder(cost.ladder)
         trace_path = sim_dir / f"{s}.trace.jsonl"
         acceptance = TraceAcceptance.load(trace_path, censored="confidence") if trace_path.is_file() else NO_DRAFTS
         gamma = getattr(acceptance, "gamma", 0) if trace_path.is_file() else 0
+        if refit_terms:
+            cost = refit(cost, saved.get("rows") or {})
         work = Workload((prompt,) * int(config.get("num_prompts") or 512), int(config["max_tokens"]),
                         step_budget(config, gamma), int(config.get("seed") or 0))
         for point in (p for p in frontier["points"] if p["policy"] == policy):
@@ -80,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frontier", required=True, type=Path, help="the same run's --json-out")
     ap.add_argument("--pad-planner", action="store_true",
                     help="plan with the table padded up the engine's CUDA-graph ladder (runs before session 12 did not)")
+    ap.add_argument("--refit", action="store_true",
+                    help="fit the host term again from the cost files' raw rows, signed, as today's engines do")
     args = ap.parse_args(argv)
     frontier = json.loads(args.frontier.read_text())
     label = " [synthetic acceptance (NOT lossless)]" if frontier.get("lossless") is False else ""
-    rows = replay(args.sim_dir, frontier, args.pad_planner)
+    rows = replay(args.sim_dir, frontier, args.pad_planner, args.refit)
     print(f"{'policy':<20}{'conc':>5}{'tok/s':>10}{'sim':>10}{'err':>8}{'tok/s/user':>12}{'sim':>9}{'err':>8}"
           f"{'tau':>6}{'sim':>6}{label}")
     for r in rows:
@@ -92,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['tau']:>6.2f}{r['sim_tau']:>6.2f}{label}")
     worst = max((max(abs(r["throughput_error"]), abs(r["per_user_error"])) for r in rows), default=float("nan"))
     print(json.dumps({"bench": "sim_replay", "lossless": frontier.get("lossless"), "sim_dir": str(args.sim_dir),
-                      "frontier": str(args.frontier), "pad_planner": args.pad_planner, "max_abs_error": worst, "points": rows}))
+                      "frontier": str(args.frontier), "pad_planner": args.pad_planner, "refit": args.refit, "max_abs_error": worst, "points": rows}))
     return 0
 
 

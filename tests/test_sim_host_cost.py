@@ -12,7 +12,7 @@ from dspark.engine.messages import ScheduledSeq, SchedulerOutput
 from dspark.errors import ConfigError
 from dspark.eval.host_cost import StepRecorder, StepShape, host_curve, measure_host_cost, step_excess, trimmed_mean
 from dspark.scheduling import SPSTable
-from dspark.sim.cost import PrefillCost, RequestCurve, StepCost
+from dspark.sim.cost import MIN_PRICE_FACTOR, PrefillCost, RequestCurve, StepCost
 from dspark.targets.random_weights import random_drafter, random_target
 
 TABLE = SPSTable([1, 8, 64], [1000.0, 500.0, 250.0], {1: 0.002, 8: 0.003}, request_cost={1: 0.0005, 8: 0.001})
@@ -46,7 +46,8 @@ def test_trimmed_mean_and_host_curve():
         trimmed_mean([1.0], 1.0)
     excess = [(4, 0.002)] * 5 + [(4, 0.5)] + [(1, -0.001)] * 3 + [(2, 0.1)]  # R = 2: too few steps
     curve = host_curve(excess, min_steps=3, trim=0.2)
-    assert curve.requests == (1, 4) and curve.seconds[0] == 0.0  # a negative excess is no host time
+    assert curve.requests == (1, 4) and curve.seconds[0] == pytest.approx(-0.001)  # the table priced it too high
+    assert curve.signed
     assert curve.seconds[1] == pytest.approx(0.002)  # the slowest 20% left out
     assert host_curve([(1, 0.1)], min_steps=3) is None
 
@@ -57,8 +58,14 @@ def test_host_term_is_charged_to_steps_with_decoding_rows():
     assert cost.step_seconds(8, 8, True) == pytest.approx(bare.step_seconds(8, 8, True) + 0.004)
     assert cost.step_seconds(0, 0, False, prefill_chunks=1, prefill_tokens=8) == bare.step_seconds(
         0, 0, False, prefill_chunks=1, prefill_tokens=8)  # a step of prefill alone: no decoding rows
-    assert StepCost.from_dict(TABLE, cost.to_dict()).host == host
+    assert StepCost.from_dict(TABLE, cost.to_dict()).host.seconds == host.seconds
     assert StepCost.from_dict(TABLE, bare.to_dict()).host is None
+    faster = StepCost(TABLE, host=RequestCurve((1, 8), (-0.001, -1.0), signed=True))  # the table priced too high
+    assert faster.step_seconds(1, 1, False) == pytest.approx(bare.step_seconds(1, 1, False) - 0.001)
+    assert faster.step_seconds(8, 8, True) == pytest.approx(MIN_PRICE_FACTOR * bare.step_seconds(8, 8, True))  # floored
+    assert StepCost.from_dict(TABLE, faster.to_dict()).host == faster.host
+    with pytest.raises(ConfigError):
+        RequestCurve((1,), (-0.001,))  # unsigned curves hold no negative seconds
 
 
 def test_prefill_chunks_on_the_ladder_are_priced_padded():

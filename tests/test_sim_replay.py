@@ -37,3 +37,16 @@ def test_replay_reproduces_the_runs_fixed_k_simulation(tmp_path, capsys):
         assert r["per_user_error"] == pytest.approx(want["per_user_error"], abs=1e-9)
     assert {r["policy"] for r in rows} == {"fixed:7", "dspark-async", "dspark-async+gate"}
     assert all(abs(r["throughput_error"]) < 0.12 for r in rows)
+
+
+def test_refit_signs_the_host_term_from_the_raw_rows():
+    from dspark.scheduling import SPSTable
+    from dspark.sim.cost import RequestCurve, StepCost
+
+    table = SPSTable([1, 64], [200.0, 100.0])
+    cost = StepCost(table, host=RequestCurve((1, 4), (0.0, 0.0)))
+    rows = {"host": [{"requests": 1, "steps": 16, "mean_s": -0.005, "trimmed_s": -0.004},
+                     {"requests": 4, "steps": 2, "mean_s": 0.1, "trimmed_s": 0.1}]}  # too few steps: left out
+    got = _script().refit(cost, rows)
+    assert got.host.requests == (1,) and got.host.seconds == (-0.004,) and got.host.signed
+    assert _script().refit(cost, {}) is cost

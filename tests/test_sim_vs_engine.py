@@ -18,7 +18,7 @@ from dspark.eval.sim_check import compare, max_errors
 from dspark.eval.step_terms import _fit_prefill
 from dspark.scheduling import SPSTable
 from dspark.sim.acceptance import CurveAcceptance, TraceAcceptance, trace_records
-from dspark.sim.cost import MIN_CONTEXT_FACTOR, PrefillCost, RequestCurve, StepCost, pad_up
+from dspark.sim.cost import MIN_PRICE_FACTOR, PrefillCost, RequestCurve, StepCost, pad_up
 from dspark.sim.engine import SimConfig, simulate
 from dspark.sim.workload import Arrivals, LengthDist, LengthSequence
 from conftest import REPO
@@ -82,7 +82,7 @@ def test_context_and_plan_terms():
     assert drafted == pytest.approx(base.step_seconds(2, 8, True) + 1000 * 3e-6 + 2e-4)
     assert cost.step_seconds(2, 2, False) == pytest.approx(base.step_seconds(2, 2, False))  # no contexts given
     short = StepCost(TABLE, context_s=1.0, context_0=100).step_seconds(1, 1, False, context_tokens=0)
-    assert short == pytest.approx(MIN_CONTEXT_FACTOR * base.step_seconds(1, 1, False))  # floored
+    assert short == pytest.approx(MIN_PRICE_FACTOR * base.step_seconds(1, 1, False))  # floored
     again = StepCost.from_dict(TABLE, json.loads(json.dumps(cost.to_dict())))
     assert again.to_dict() == cost.to_dict()
 

@@ -15,7 +15,9 @@ scheduler's `schedule` notes every step's shape (decoding rows R, their tokens B
 prefill chunks, whether it drafts). Each step's duration (from the previous step's end to its own:
 the loop's work between steps included) less its price under the other terms (`StepCost.step_seconds`)
 is its excess (`step_excess`); `host_curve` keeps, per R, the trimmed mean over the decoding steps
-without a prefill chunk (those steps' own excess is the prefill term's to price), at least 0.
+without a prefill chunk (those steps' own excess is the prefill term's to price). The curve is signed: a
+negative excess says the table prices those serving steps above what they took, and the simulator
+takes that off (`dspark.sim.cost`: never below a share of the table's price).
 """
 
 from __future__ import annotations
@@ -104,14 +106,14 @@ def trimmed_mean(values: Sequence[float], trim: float = TRIM) -> float:
 
 def host_curve(excess: Sequence[tuple[int, float]], min_steps: int = MIN_STEPS, trim: float = TRIM
                ) -> RequestCurve | None:
-    """Per request count with at least `min_steps` steps, the trimmed mean excess (at least 0); None if none has."""
+    """Per request count with at least `min_steps` steps, the trimmed mean excess (signed); None if none has."""
     by_rows: dict[int, list[float]] = defaultdict(list)
     for rows, dt in excess:
         by_rows[int(rows)].append(float(dt))
     counts = sorted(r for r, v in by_rows.items() if len(v) >= min_steps)
     if not counts:
         return None
-    return RequestCurve(tuple(counts), tuple(max(0.0, trimmed_mean(by_rows[r], trim)) for r in counts))
+    return RequestCurve(tuple(counts), tuple(trimmed_mean(by_rows[r], trim) for r in counts), signed=True)
 
 
 def measure_host_cost(llm: LLM, cost: StepPricer, prompt_len: int, requests: Sequence[int], max_tokens: int,

@@ -132,7 +132,7 @@ def measure_prefill_cost(llm: LLM, prompt_len: int, requests: Sequence[int] = PR
                     llm.scheduler.planner = VerifyPlanner(policy)
                     if r:
                         llm.step()  # the right kind of drafts are waiting now
-                    row = {"requests": r, "prompt_len": length,
+                    row = {"requests": r, "prompt_len": length, "verify_tokens": r * (width if policy != "none" else 1),
                            "base": median_seconds(llm.step, device, repeats, warmup, captures) if r else 0.0}
                     for key, lengths in (("one", (length,)), ("long", (2 * length,)), ("two", (length, length))):
                         row[key] = median_seconds(lambda: with_prefill(lengths), device, repeats, warmup, captures)

@@ -25,8 +25,7 @@ forward (the engine's chunked prefill), n prefill chunks of P prompt tokens in a
 * **context** (`context_s`, `draft_context_s`, `context_0`): seconds per decoding row per context
   token beyond the context the table was profiled at (attention reads each row's K/V once per step:
   the target's in every step, the drafter's in the steps that draft). ``ctx_r`` = prompt + output so
-  far. 0 unless measured; the sum may be negative (contexts shorter than the profile's), the step's
-  total never drops below its table price times `MIN_CONTEXT_FACTOR`.
+  far. 0 unless measured; the sum may be negative (contexts shorter than the profile's).
 * **plan** (`plan`, seconds by R): the host time the engine's planner spends per drafted round (the
   gate's decision and the policy's verify lengths) beyond what the table's profile already paid
   (`profile_engine` times its steps under ``fixed:γ``, whose planning costs next to nothing, while
@@ -41,7 +40,12 @@ forward (the engine's chunked prefill), n prefill chunks of P prompt tokens in a
   above, measured on the engine (`dspark.eval.host_cost`: a short calibration closed loop, each step's
   measured duration less its price here). The profile's steady steps miss the host work of serving:
   requests finishing, released and admitted, outputs handed back, the loop between two steps, the
-  planner's bookkeeping. Added to every step with R > 0 decoding rows. None: not modelled.
+  planner's bookkeeping. It is negative where the table prices a serving step above what it took (a
+  profile taken under other conditions: session 13's drafted steps at R = 1 were priced 5 ms over), so it
+  corrects the table both ways. Added to every step with R > 0 decoding rows. None: not modelled.
+
+The context and host terms may be negative; a step's total never drops below `MIN_PRICE_FACTOR` times
+its price from the table alone.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from dspark.errors import ConfigError
 from dspark.scheduling import SPSTable
 from dspark.scheduling.sps_table import pad_to_ladder
 
-MIN_CONTEXT_FACTOR = 0.25  # a negative context term never takes a step below this share of its table price
+MIN_PRICE_FACTOR = 0.25  # negative context / host terms never take a step below this share of its table price
 
 
 def _finite(x: float, what: str, low: float = 0.0) -> float:
@@ -68,14 +72,16 @@ def _finite(x: float, what: str, low: float = 0.0) -> float:
 
 @dataclass(frozen=True)
 class RequestCurve:
-    """Seconds keyed by a request count >= 0: linear between points, constant beyond both ends."""
+    """Seconds keyed by a request count >= 0: linear between points, constant beyond both ends. `signed`:
+    the seconds may be negative (a correction, as the host term), else they must be >= 0."""
 
     requests: tuple[int, ...]
     seconds: tuple[float, ...]
+    signed: bool = False
 
     def __post_init__(self) -> None:
         req = tuple(int(r) for r in self.requests)
-        sec = tuple(_finite(s, "seconds") for s in self.seconds)
+        sec = tuple(_finite(s, "seconds", -np.inf if self.signed else 0.0) for s in self.seconds)
         if not req or len(req) != len(sec) or min(req) < 0 or len(set(req)) != len(req):
             raise ConfigError(f"a request curve needs as many distinct request counts >= 0 as seconds, got {req} / {sec}")
         order = np.argsort(req)
@@ -86,11 +92,11 @@ class RequestCurve:
         return float(np.interp(num_requests, self.requests, self.seconds))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"requests": list(self.requests), "seconds": list(self.seconds)}
+        return {"requests": list(self.requests), "seconds": list(self.seconds), **({"signed": True} if self.signed else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestCurve:
-        return cls(tuple(data["requests"]), tuple(data["seconds"]))
+        return cls(tuple(data["requests"]), tuple(data["seconds"]), bool(data.get("signed", False)))
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,8 @@ class PrefillCost:
     token_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.step.signed:
+            raise ConfigError("a prefill cost's fixed part must be >= 0 (not a signed curve)")
         object.__setattr__(self, "row_s", _finite(self.row_s, "prefill row seconds"))
         object.__setattr__(self, "token_s", _finite(self.token_s, "prefill token seconds"))
 
@@ -149,6 +157,8 @@ class StepCost:
             if not ladder or ladder[0] < 1:
                 raise ConfigError(f"a padding ladder needs sizes >= 1, got {self.ladder}")
             object.__setattr__(self, "ladder", ladder)
+        if self.host is not None and not self.host.signed:  # a correction by nature: either sign
+            object.__setattr__(self, "host", RequestCurve(self.host.requests, self.host.seconds, signed=True))
         for name in ("context_s", "draft_context_s", "context_0"):
             object.__setattr__(self, name, _finite(getattr(self, name), name))
 
@@ -165,16 +175,17 @@ class StepCost:
         if prefill is None and prefill_chunks > 0:
             tokens += prompt  # no measured term: prompt tokens through the verify curve
         t = float(self.table.step_time(tokens)) if tokens > 0 else 0.0
+        extra = 0.0  # the signed terms (context, host), floored below as a whole
         if decode_rows > 0:
             t += float(self.table.request_time(rows)) + (float(self.table.draft_time(rows)) if drafting else 0.0)
             if context_tokens is not None:
                 excess = float(context_tokens) - self.context_0 * decode_rows
-                extra = excess * (self.context_s + (self.draft_context_s if drafting else 0.0))
-                t = max(t + extra, MIN_CONTEXT_FACTOR * t)
-            if drafting and self.plan is not None:
-                t += self.plan.at(decode_rows)
+                extra += excess * (self.context_s + (self.draft_context_s if drafting else 0.0))
             if self.host is not None:
-                t += self.host.at(decode_rows)
+                extra += self.host.at(decode_rows)
+        t = max(t + extra, MIN_PRICE_FACTOR * t)
+        if drafting and decode_rows > 0 and self.plan is not None:
+            t += self.plan.at(decode_rows)
         if prefill is not None:
             t += prefill.seconds(decode_rows, prefill_chunks, prompt)
         return t
