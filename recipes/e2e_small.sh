@@ -141,6 +141,11 @@ os.replace(tmp, dst)
 print(f"{dst}: kept {kept} of {seen} train documents")
 PYEOF
   du -sh "$CARRY" "$CARRY"/*
+  # the run tool refuses a working tree + carry over 64 MiB (session 17 lost its lease start to it)
+  local mib
+  mib=$( { git ls-files -z | xargs -0 stat -c %s; find "$CARRY" -type f -printf '%s\n'; } | awk '{s += $1} END {printf "%.1f", s / 1048576}')
+  echo "tracked files + $CARRY: $mib MiB (the device's limit: 64 MiB)"
+  awk -v m="$mib" 'BEGIN {exit !(m > 62)}' && echo "WARNING: over 62 MiB: lower TRIM or move large raw results out" >&2 || true
 }
 
 target() {  # the small reference target, by its recipe, with the time budget above

@@ -14,7 +14,7 @@
 #   python recipes/_frontier.py merge --parts DIR --policies none,mtp1,fixed:3,fixed:7,dspark-async,dspark-async+gate \
 #       --json DIR/frontier8b.json --plot DIR/frontier8b.png
 # Each writes to $OUT (RESULTS elsewhere): gpu_tests.log; frontier8b.log, frontier8b.json, frontier8b.png,
-# sim8b.tgz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`), gpu_clocks.csv
+# sim8b.tar.xz (each policy's SPS table, cost terms and acceptance trace for `dspark simulate`), gpu_clocks.csv
 # (nvidia-smi every second: SM / memory clocks, power, temperature, throttle reasons).
 #
 # The mixed-step attention split (decode rows and prefill chunks in two launches) on vs off, same lease:
@@ -93,7 +93,7 @@ if stage frontier; then
     --plot "$RES/frontier8b.png" --json-out "$RES/frontier8b.json" --simulate --sim-dir runs/sim8b ${EXTRA:-} \
     > "$RES/frontier8b.log" 2>&1 || rc=$?
   kill "$smi" 2>/dev/null || true
-  [ -d runs/sim8b ] && tar czf "$RES/sim8b.tgz" -C runs sim8b
+  [ -d runs/sim8b ] && tar cJf "$RES/sim8b.tar.xz" -C runs sim8b
   grep -v '^{' "$RES/frontier8b.log" | tail -60
   stamp "frontier rc=$rc"
 fi

@@ -22,9 +22,9 @@ def _script():
 
 
 def test_replay_reproduces_the_runs_fixed_k_simulation(tmp_path, capsys):
-    if not (RAW / "sim8b.tgz").is_file():
+    if not (RAW / "sim8b.tar.xz").is_file():
         pytest.skip("session 11 raw results absent")
-    with tarfile.open(RAW / "sim8b.tgz") as tar:
+    with tarfile.open(RAW / "sim8b.tar.xz") as tar:
         tar.extractall(tmp_path, filter="data")
     frontier = json.loads((RAW / "frontier8b.json").read_text())
     rows = _script().replay(tmp_path / "sim8b", frontier)
